@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The one test command (README and CI): installs the test dependencies, then runs every
+# pytest tier. Extra arguments go to pytest, e.g.
+#   bash scripts/test.sh -m "not system" -x
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+export LIMINATI_CACHE="${LIMINATI_CACHE:-/var/cache/liminati-test}"
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+
+T0="$(now)"
+bash "$REPO_ROOT/scripts/install-test-deps.sh"
+T1="$(now)"
+
+# shellcheck source=/dev/null
+source "$LIMINATI_CACHE/test-env.sh"
+
+set +e
+"$REPO_ROOT/.venv/bin/python" -m pytest "$@"
+rc=$?
+set -e
+T2="$(now)"
+
+echo
+echo "== durations =="
+printf '  %-22s %7ss\n' "install test deps" "$(elapsed "$T0" "$T1")"
+printf '  %-22s %7ss\n' "pytest" "$(elapsed "$T1" "$T2")"
+printf '  %-22s %7ss\n' "total" "$(elapsed "$T0" "$T2")"
+
+if [[ "$rc" -eq 5 ]]; then
+    echo "pytest collected no tests: failing (exit 5)" >&2
+fi
+exit "$rc"

@@ -1,0 +1,1 @@
+"""Apply: preflight, validation with the real tools, and carrying out a plan."""

@@ -1,0 +1,89 @@
+"""Checks before any change: each problem is one line with its fix; nothing is touched."""
+
+from __future__ import annotations
+
+import re
+
+from liminati.config import Config
+from liminati.executor import Executor
+
+#: quadlet arrived in podman 4.4 (DESIGN.md decision 1)
+PODMAN_FLOOR = (4, 4)
+
+
+def podman_version(text: str) -> tuple[int, int, int] | None:
+    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    if not m:
+        return None
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+def preflight(executor: Executor, config: Config, listen_ip: str, own_uids: set[int]) -> list[str]:
+    """Problems that stop an install on this host (empty list: go ahead)."""
+    if executor.staged:
+        return []
+    problems = []
+    if not executor.is_root():
+        problems.append("not running as root: run `sudo liminati install` "
+                        "(or `liminati install --root DIR` to stage into a folder)")  # fmt: skip
+    if not executor.systemd_running():
+        problems.append("systemd is not running as PID 1: liminati runs services as systemd "
+                        "user units; use a host booted with systemd")  # fmt: skip
+    podman = executor.which("podman")
+    if podman is None:
+        problems.append("podman is not installed: `apt install podman` (Debian 13, Ubuntu 24.04) "
+                        "or `dnf install podman`; version 4.4 or newer is needed")  # fmt: skip
+    else:
+        result = executor.run_tool([podman, "--version"])
+        version = podman_version(result.stdout)
+        if version is None:
+            problems.append(f"could not read podman's version from {result.stdout.strip()!r}")
+        elif version[:2] < PODMAN_FLOOR:
+            shown = ".".join(map(str, version))
+            problems.append(
+                f"podman {shown} is too old: quadlet needs podman 4.4 or newer "
+                "(Debian 12 ships 4.3.1 with no quadlet): upgrade to Debian 13 or Ubuntu 24.04, "
+                "or install podman >= 4.4 from your distribution's backports"
+            )
+    for tool in ("useradd", "usermod", "loginctl", "systemctl"):
+        if executor.which(tool) is None:
+            problems.append(f"{tool} not found: install the package that provides it")
+    problems += port_conflicts(executor, config, listen_ip, own_uids)
+    return problems
+
+
+def port_conflicts(
+    executor: Executor, config: Config, listen_ip: str, own_uids: set[int]
+) -> list[str]:
+    tailnet = {
+        ("tcp", config.ports.https): "ports.https",
+        ("tcp", config.ports.http): "ports.http",
+        ("tcp", config.ports.dist): "ports.dist",
+        ("udp", config.ports.dns): "ports.dns",
+        ("tcp", config.ports.dns): "ports.dns",
+        ("tcp", config.ports.dns_admin): "ports.dns_admin",
+    }
+    loopback = {("tcp", config.ports.webui): "ports.webui"}
+    for i, m in enumerate(config.models):
+        loopback[("tcp", m.port)] = f"models[{i}].port"
+    wildcard = {"0.0.0.0", "::"}
+    problems = []
+    seen = set()
+    for sock in executor.listening():
+        if sock.uid in own_uids:
+            continue  # our own services, from an earlier install
+        key = (sock.proto, sock.port)
+        field = None
+        if key in tailnet and sock.address in wildcard | {listen_ip}:
+            field = tailnet[key]
+        elif key in loopback and sock.address in wildcard | {"127.0.0.1", "::1"}:
+            field = loopback[key]
+        if field is None or (key, field) in seen:
+            continue
+        seen.add((key, field))
+        who = f"{sock.process} (pid {sock.pid})" if sock.pid else sock.process
+        problems.append(
+            f"{sock.proto} port {sock.port} ({field}) on {sock.address} is taken by {who}: "
+            f"stop it, or set another {field} in the config"
+        )
+    return problems

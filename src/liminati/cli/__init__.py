@@ -1,0 +1,1 @@
+"""The command line: thin functions over apply/plan/render, tested in-process."""

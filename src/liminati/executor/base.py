@@ -1,0 +1,157 @@
+"""The executor interface: the only way liminati reads or changes the host."""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+
+@dataclass(frozen=True)
+class FileState:
+    is_dir: bool
+    mode: int
+    owner: str
+    group: str
+
+
+@dataclass(frozen=True)
+class UserState:
+    name: str
+    uid: int
+    gid: int
+    home: str
+    shell: str
+
+
+@dataclass(frozen=True)
+class SubIdRange:
+    name: str
+    start: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Socket:
+    proto: str  # "tcp" or "udp"
+    address: str
+    port: int
+    uid: int
+    pid: int | None
+    process: str
+
+
+@dataclass(frozen=True)
+class RunResult:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+class Executor(ABC):
+    """Reads facts and makes changes. `staged` executors write under a folder and record
+    the host-level actions (users, linger, systemctl) instead of running them."""
+
+    staged: bool = False
+
+    @abstractmethod
+    def describe(self) -> str: ...
+
+    # --- file system -------------------------------------------------------------------------
+    @abstractmethod
+    def read(self, path: PurePosixPath | str) -> bytes | None: ...
+
+    @abstractmethod
+    def stat(self, path: PurePosixPath | str) -> FileState | None: ...
+
+    @abstractmethod
+    def write_file(
+        self, path: PurePosixPath | str, data: bytes, mode: int, owner: str, group: str
+    ) -> None:
+        """Atomically: temp file created with its final mode and owner, fsync, rename."""
+
+    @abstractmethod
+    def make_dir(self, path: PurePosixPath | str, mode: int, owner: str, group: str) -> None:
+        """Create the directory if missing; set its mode and owner either way."""
+
+    @abstractmethod
+    def set_attrs(self, path: PurePosixPath | str, mode: int, owner: str, group: str) -> None: ...
+
+    @abstractmethod
+    def copy_to(self, src: PurePosixPath | str, dest: PurePosixPath | str) -> None:
+        """Copy a file (for backups), keeping its mode."""
+
+    @abstractmethod
+    def remove_stale_temp(self, directory: PurePosixPath | str) -> list[str]:
+        """Remove temp files an interrupted write left behind; return their paths."""
+
+    @abstractmethod
+    def lock(self, path: PurePosixPath | str) -> contextlib.AbstractContextManager[None]: ...
+
+    @abstractmethod
+    def host_path(self, path: PurePosixPath | str) -> Path:
+        """Where a target path really is on this machine (under --root when staged)."""
+
+    # --- users -------------------------------------------------------------------------------
+    @abstractmethod
+    def user(self, name: str) -> UserState | None: ...
+
+    @abstractmethod
+    def subids(self, kind: str) -> list[SubIdRange]: ...
+
+    @abstractmethod
+    def linger(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def create_user(self, name: str, home: str, shell: str) -> None: ...
+
+    @abstractmethod
+    def add_subids(self, name: str, start: int, count: int) -> None: ...
+
+    @abstractmethod
+    def enable_linger(self, name: str) -> None: ...
+
+    # --- services ------------------------------------------------------------------------------
+    @abstractmethod
+    def systemctl_user(self, user: str, *args: str, check: bool = True) -> RunResult: ...
+
+    @abstractmethod
+    def apply_sysctl(self, path: PurePosixPath | str) -> None: ...
+
+    @abstractmethod
+    def listening(self) -> list[Socket]: ...
+
+    # --- programs --------------------------------------------------------------------------------
+    @abstractmethod
+    def run_tool(
+        self,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        timeout: float = 120,
+        cwd: Path | None = None,
+    ) -> RunResult:
+        """Run a read-only program (validators, probes) for real, staged or not."""
+
+    @abstractmethod
+    def which(self, name: str) -> str | None: ...
+
+    @abstractmethod
+    def tempdir(self) -> contextlib.AbstractContextManager[Path]: ...
+
+    @abstractmethod
+    def is_root(self) -> bool: ...
+
+    @abstractmethod
+    def systemd_running(self) -> bool: ...
+
+
+def iter_parents(path: PurePosixPath) -> Iterator[PurePosixPath]:
+    yield from reversed(path.parents)

@@ -1,0 +1,180 @@
+"""The real host: files under /, users with useradd, systemd through systemctl --user -M."""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import stat as statmod
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+from liminati.errors import HostError
+from liminati.executor import common
+from liminati.executor.base import Executor, FileState, RunResult, Socket, SubIdRange, UserState
+from liminati.executor.sockets import listening_sockets
+
+
+def _uid(owner: str) -> int:
+    try:
+        return pwd.getpwnam(owner).pw_uid
+    except KeyError:
+        raise HostError(f"user {owner!r} does not exist", hint="run `liminati install`") from None
+
+
+def _gid(group: str) -> int:
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise HostError(f"group {group!r} does not exist", hint="run `liminati install`") from None
+
+
+def _name_of_uid(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _name_of_gid(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+class HostExecutor(Executor):
+    staged = False
+
+    def describe(self) -> str:
+        return "this host"
+
+    def host_path(self, path: PurePosixPath | str) -> Path:
+        return Path(str(path))
+
+    def read(self, path: PurePosixPath | str) -> bytes | None:
+        return common.read(self.host_path(path))
+
+    def stat(self, path: PurePosixPath | str) -> FileState | None:
+        try:
+            st = os.lstat(self.host_path(path))
+        except FileNotFoundError:
+            return None
+        return FileState(
+            is_dir=statmod.S_ISDIR(st.st_mode),
+            mode=statmod.S_IMODE(st.st_mode),
+            owner=_name_of_uid(st.st_uid),
+            group=_name_of_gid(st.st_gid),
+        )
+
+    def write_file(
+        self, path: PurePosixPath | str, data: bytes, mode: int, owner: str, group: str
+    ) -> None:
+        common.atomic_write(self.host_path(path), data, mode, _uid(owner), _gid(group))
+
+    def make_dir(self, path: PurePosixPath | str, mode: int, owner: str, group: str) -> None:
+        p = self.host_path(path)
+        try:
+            p.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise HostError(f"could not create {p}: {exc.strerror}") from None
+        self.set_attrs(path, mode, owner, group)
+
+    def set_attrs(self, path: PurePosixPath | str, mode: int, owner: str, group: str) -> None:
+        p = self.host_path(path)
+        try:
+            os.chown(p, _uid(owner), _gid(group), follow_symlinks=False)
+            os.chmod(p, mode)
+        except OSError as exc:
+            raise HostError(f"could not set owner/mode of {p}: {exc.strerror}") from None
+
+    def copy_to(self, src: PurePosixPath | str, dest: PurePosixPath | str) -> None:
+        common.copy_file(self.host_path(src), self.host_path(dest))
+
+    def remove_stale_temp(self, directory: PurePosixPath | str) -> list[str]:
+        return common.remove_stale_temp(self.host_path(directory))
+
+    def lock(self, path: PurePosixPath | str) -> contextlib.AbstractContextManager[None]:
+        return common.file_lock(self.host_path(path))
+
+    # --- users -------------------------------------------------------------------------------
+    def user(self, name: str) -> UserState | None:
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            return None
+        return UserState(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_shell)
+
+    def subids(self, kind: str) -> list[SubIdRange]:
+        data = common.read(Path(f"/etc/{kind}")) or b""
+        out = []
+        for line in data.decode(errors="replace").splitlines():
+            parts = line.strip().split(":")
+            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                out.append(SubIdRange(parts[0], int(parts[1]), int(parts[2])))
+        return out
+
+    def linger(self, name: str) -> bool:
+        return Path("/var/lib/systemd/linger", name).exists()
+
+    def _must(self, argv: Sequence[str], what: str, timeout: float = 120) -> RunResult:
+        result = common.run(argv, timeout=timeout)
+        if not result.ok:
+            detail = (result.stderr or result.stdout).strip().splitlines()
+            raise HostError(
+                f"{what} failed: {' '.join(argv)}: {detail[-1] if detail else result.returncode}"
+            )
+        return result
+
+    def create_user(self, name: str, home: str, shell: str) -> None:
+        # --system: no aging, uid below 1000; no skeleton files (nobody logs in)
+        self._must(
+            ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", home,
+             "--shell", shell, "--comment", f"liminati service {name}", name],
+            f"creating user {name}",
+        )  # fmt: skip
+
+    def add_subids(self, name: str, start: int, count: int) -> None:
+        end = start + count - 1
+        self._must(
+            ["usermod", "--add-subuids", f"{start}-{end}", "--add-subgids", f"{start}-{end}", name],
+            f"adding subordinate ids to {name}",
+        )
+
+    def enable_linger(self, name: str) -> None:
+        self._must(["loginctl", "enable-linger", name], f"enabling linger for {name}")
+
+    def systemctl_user(self, user: str, *args: str, check: bool = True) -> RunResult:
+        argv = ["systemctl", "--user", "-M", f"{user}@", *args]
+        if check:
+            return self._must(argv, f"systemctl for {user}", timeout=3600)
+        return common.run(argv, timeout=3600)
+
+    def apply_sysctl(self, path: PurePosixPath | str) -> None:
+        self._must(["sysctl", "--load", str(path)], "applying sysctl settings")
+
+    def listening(self) -> list[Socket]:
+        return listening_sockets(Path("/proc"))
+
+    def run_tool(
+        self,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        timeout: float = 120,
+        cwd: Path | None = None,
+    ) -> RunResult:
+        return common.run(argv, env=env, timeout=timeout, cwd=cwd)
+
+    def which(self, name: str) -> str | None:
+        return common.which(name)
+
+    def tempdir(self) -> contextlib.AbstractContextManager[Path]:
+        return common.temp_dir()
+
+    def is_root(self) -> bool:
+        return os.geteuid() == 0
+
+    def systemd_running(self) -> bool:
+        return Path("/run/systemd/system").is_dir()

@@ -1,0 +1,130 @@
+"""Every path liminati reads or writes on the target host, derived from the config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from liminati.config import Config, Model, ServiceUser
+
+P = PurePosixPath
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths as they are on the target ("/"-based); the executor maps them under --root."""
+
+    config: Config
+
+    etc_dir: P = P("/etc/liminati")
+    state_dir: P = P("/var/lib/liminati")
+
+    @property
+    def config_file(self) -> P:
+        return self.etc_dir / "liminati.toml"
+
+    @property
+    def manifest(self) -> P:
+        return self.state_dir / "manifest.json"
+
+    @property
+    def lock(self) -> P:
+        return self.state_dir / "lock"
+
+    @property
+    def backups(self) -> P:
+        return self.state_dir / "backups"
+
+    @property
+    def secrets_dir(self) -> P:
+        return self.state_dir / "secrets"
+
+    @property
+    def pki_dir(self) -> P:
+        return self.state_dir / "pki"
+
+    @property
+    def ca_key(self) -> P:
+        return self.pki_dir / "ca.key"
+
+    @property
+    def ca_cert(self) -> P:
+        return self.pki_dir / "ca.crt"
+
+    @property
+    def sysctl_dropin(self) -> P:
+        return P("/etc/sysctl.d/60-liminati-unprivileged-ports.conf")
+
+    # --- per service -------------------------------------------------------------------------
+
+    @staticmethod
+    def home(user: ServiceUser) -> P:
+        return P(user.home)
+
+    @staticmethod
+    def quadlet_dir(user: ServiceUser) -> P:
+        return P(user.home) / ".config" / "containers" / "systemd"
+
+    @staticmethod
+    def private_dir(user: ServiceUser) -> P:
+        """Per-user 0700 folder for files holding secrets (env files read by podman)."""
+        return P(user.home) / ".config" / "liminati"
+
+    @property
+    def nginx_home(self) -> P:
+        return P(self.config.users.nginx.home)
+
+    @property
+    def nginx_conf(self) -> P:
+        return self.nginx_home / "nginx.conf"
+
+    @property
+    def nginx_confd(self) -> P:
+        return self.nginx_home / "conf.d"
+
+    @property
+    def nginx_snippets(self) -> P:
+        return self.nginx_home / "snippets"
+
+    @property
+    def nginx_ssl(self) -> P:
+        return self.nginx_home / "ssl"
+
+    @property
+    def leaf_cert(self) -> P:
+        return self.nginx_ssl / "liminati.crt"
+
+    @property
+    def leaf_key(self) -> P:
+        return self.nginx_ssl / "liminati.key"
+
+    @property
+    def dist_ca(self) -> P:
+        return self.nginx_ssl / "dist" / "liminati-ca.crt"
+
+    @property
+    def dist_dir(self) -> P:
+        return self.nginx_home / "dist"
+
+    @property
+    def dnsmasq_conf(self) -> P:
+        return P(self.config.users.dnsmasq.home) / "dnsmasq.conf"
+
+    @property
+    def dnsmasq_hosts(self) -> P:
+        return P(self.config.users.dnsmasq.home) / "hosts.d"
+
+    @property
+    def hf_cache(self) -> P:
+        return P(self.config.users.vllm.home) / ".cache" / "huggingface"
+
+    @property
+    def webui_data(self) -> P:
+        return P(self.config.users.webui.home) / "data"
+
+    def vllm_env(self, model: Model) -> P:
+        return self.private_dir(self.config.users.vllm) / f"{model.unit}.env"
+
+    @property
+    def webui_env(self) -> P:
+        return self.private_dir(self.config.users.webui) / "open-webui.env"

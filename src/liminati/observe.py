@@ -1,0 +1,62 @@
+"""Read-only facts about the host, gathered through the executor for the planner."""
+
+from __future__ import annotations
+
+from liminati.config import Config
+from liminati.executor import Executor
+from liminati.layout import Layout
+from liminati.plan import Existing, Facts, Manifest
+from liminati.render import SECRET_NAMES, Desired
+
+
+def observe_existing(executor: Executor, config: Config) -> Existing:
+    """The generated inputs already on the host: CA, leaf, secrets."""
+    layout = Layout(config)
+
+    def text(name: str) -> str | None:
+        raw = executor.read(layout.secrets_dir / name)
+        return raw.decode().strip() if raw else None
+
+    return Existing(
+        ca_key=executor.read(layout.ca_key),
+        ca_cert=executor.read(layout.ca_cert),
+        leaf_cert=executor.read(layout.leaf_cert),
+        leaf_key=executor.read(layout.leaf_key),
+        secrets={name: text(name) for name in SECRET_NAMES},
+    )
+
+
+def observe(executor: Executor, config: Config, desired: Desired) -> Facts:
+    layout = Layout(config)
+    stats: dict[str, tuple[bool, int, str, str] | None] = {}
+    contents: dict[str, bytes | None] = {}
+    for path in [d.path for d in desired.dirs] + [f.path for f in desired.files]:
+        st = executor.stat(path)
+        stats[path] = None if st is None else (st.is_dir, st.mode, st.owner, st.group)
+    for f in desired.files:
+        st_f = stats[f.path]
+        contents[f.path] = executor.read(f.path) if st_f is not None and not st_f[0] else None
+    users: dict[str, tuple[int, str, str] | None] = {}
+    linger: dict[str, bool] = {}
+    for u in desired.users:
+        seen = executor.user(u.name)
+        users[u.name] = None if seen is None else (seen.uid, seen.home, seen.shell)
+        linger[u.name] = executor.linger(u.name)
+    active: dict[str, bool | None] = {}
+    for unit in desired.units:
+        key = f"{unit.user}/{unit.unit}"
+        if executor.staged or users.get(unit.user) is None or not linger[unit.user]:
+            active[key] = None
+        else:
+            result = executor.systemctl_user(unit.user, "is-active", unit.unit, check=False)
+            active[key] = result.stdout.strip() == "active"
+    return Facts(
+        stats=stats,
+        contents=contents,
+        users=users,
+        subuid=[(r.name, r.start, r.count) for r in executor.subids("subuid")],
+        subgid=[(r.name, r.start, r.count) for r in executor.subids("subgid")],
+        linger=linger,
+        active=active,
+        manifest=Manifest.parse(executor.read(layout.manifest)),
+    )

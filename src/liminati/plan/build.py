@@ -1,0 +1,210 @@
+"""The planner: desired + observed + manifest -> ordered actions, a reason for every one."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from liminati.plan.manifest import Manifest, sha256
+from liminati.plan.model import Action, Change, Plan
+from liminati.render import Desired, FileSpec, Policy
+
+#: subordinate ids start above every id a distribution hands out to people
+SUBID_FLOOR = 100000
+
+
+@dataclass(frozen=True)
+class Facts:
+    """The observed host, as the planner needs it (built by liminati.observe)."""
+
+    #: path -> (is_dir, mode, owner, group) or None when missing
+    stats: dict[str, tuple[bool, int, str, str] | None]
+    contents: dict[str, bytes | None]
+    #: user -> (uid, home, shell) or None when missing
+    users: dict[str, tuple[int, str, str] | None]
+    #: (name, start, count) for subuid and subgid
+    subuid: list[tuple[str, int, int]]
+    subgid: list[tuple[str, int, int]]
+    linger: dict[str, bool]
+    active: dict[str, bool | None]
+    manifest: Manifest
+
+
+def _mode(m: int) -> str:
+    return f"{m:04o}"
+
+
+def file_diff(spec: FileSpec, old: bytes | None) -> str:
+    if spec.secret:
+        return f"--- {spec.path}\n+++ {spec.path}\n(secret content: not shown)\n"
+    try:
+        before = old.decode().splitlines(keepends=True) if old is not None else []
+        after = spec.content.decode().splitlines(keepends=True)
+    except UnicodeDecodeError:
+        return f"--- {spec.path}\n+++ {spec.path}\n(binary content)\n"
+    lines = difflib.unified_diff(
+        before,
+        after,
+        fromfile="/dev/null" if old is None else spec.path,
+        tofile=spec.path,
+    )
+    out = "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
+                  for line in lines)  # fmt: skip
+    return out
+
+
+def _attrs(stat: tuple[bool, int, str, str], mode: int, owner: str, group: str) -> str:
+    problems = []
+    if stat[1] != mode:
+        problems.append(f"mode {_mode(stat[1])} -> {_mode(mode)}")
+    if (stat[2], stat[3]) != (owner, group):
+        problems.append(f"owner {stat[2]}:{stat[3]} -> {owner}:{group}")
+    return ", ".join(problems)
+
+
+def build_plan(
+    desired: Desired,
+    facts: Facts,
+    *,
+    force: bool = False,
+    start_units: bool = True,
+    notes: tuple[str, ...] = (),
+) -> Plan:
+    actions: list[Action] = []
+    manifest = facts.manifest
+
+    # users, their subordinate ids, linger
+    taken = [s + c for _, s, c in facts.subuid + facts.subgid]
+    next_subid = max([SUBID_FLOOR, *taken])
+    for user in desired.users:
+        seen = facts.users.get(user.name)
+        if seen is None:
+            actions.append(Action("user", user.name, Change.CREATE,
+                                  f"system user, home {user.home}, no login shell"))  # fmt: skip
+        else:
+            uid, home, shell = seen
+            extra = "" if home == user.home else f"; its home is {home}, not {user.home}"
+            actions.append(Action("user", user.name, Change.UNCHANGED,
+                                  f"exists (uid {uid}, shell {shell}){extra}"))  # fmt: skip
+        ranges = [(s, c) for n, s, c in facts.subuid if n == user.name]
+        granges = [(s, c) for n, s, c in facts.subgid if n == user.name]
+        if ranges and granges:
+            s, c = ranges[0]
+            actions.append(Action("subids", user.name, Change.UNCHANGED,
+                                  f"has {c} subordinate ids from {s}"))  # fmt: skip
+        else:
+            actions.append(Action("subids", user.name, Change.CREATE,
+                                  f"rootless podman needs {user.subid_count} subordinate ids; "
+                                  f"range {next_subid}-{next_subid + user.subid_count - 1}",
+                                  verb=f"{next_subid} {user.subid_count}"))  # fmt: skip
+            next_subid += user.subid_count
+        if facts.linger.get(user.name):
+            actions.append(Action("linger", user.name, Change.UNCHANGED, "linger enabled"))
+        else:
+            actions.append(Action("linger", user.name, Change.CREATE,
+                                  "the user's services start at boot without a login"))  # fmt: skip
+
+    # directories, parents first
+    for d in sorted(desired.dirs, key=lambda d: d.path):
+        st = facts.stats.get(d.path)
+        if st is None:
+            actions.append(Action("dir", d.path, Change.CREATE,
+                                  f"{_mode(d.mode)} {d.owner}:{d.group}"))  # fmt: skip
+        elif not st[0]:
+            actions.append(Action("dir", d.path, Change.UPDATE,
+                                  "exists but is not a directory: moved to backups, replaced",
+                                  backup=True))  # fmt: skip
+        elif fix := _attrs(st, d.mode, d.owner, d.group):
+            actions.append(Action("dir", d.path, Change.UPDATE, fix, attrs_only=True))
+        else:
+            actions.append(Action("dir", d.path, Change.UNCHANGED,
+                                  f"exists, {_mode(d.mode)} {d.owner}:{d.group}"))  # fmt: skip
+
+    # files
+    written: set[str] = set()
+    for f in desired.files:
+        action = _file_action(f, facts, manifest, force)
+        actions.append(action)
+        if action.changes and not action.attrs_only:
+            written.add(f.path)
+        if f.activate == "sysctl":
+            if action.changes and not action.attrs_only:
+                actions.append(Action("sysctl", f.path, Change.UPDATE, "apply the new settings now"))
+            else:
+                actions.append(Action("sysctl", f.path, Change.UNCHANGED, "settings unchanged"))
+
+    # units: daemon-reload per user, then start / restart / reload
+    unit_actions: list[Action] = []
+    reload_users: dict[str, str] = {}
+    for unit in desired.units:
+        key = f"{unit.user}/{unit.unit}"
+        inputs = {f.path: sha256(f.content) for f in desired.files if
+                  any(r.user == unit.user and r.unit == unit.unit for r in f.units)}  # fmt: skip
+        if unit.quadlet in written:
+            reload_users.setdefault(unit.user, f"{unit.quadlet} changed")
+        if not start_units:
+            unit_actions.append(Action("unit", key, Change.UNCHANGED, "not started (--no-start)",
+                                       user=unit.user))  # fmt: skip
+            continue
+        recorded = manifest.units.get(key)
+        differing = sorted(p for p in inputs if p in written or
+                           (recorded is not None and recorded.get(p) != inputs[p]))  # fmt: skip
+        active = facts.active.get(key)
+        if recorded is None:
+            verb, reason = ("restart", "running, but not started by liminati yet") if active else (
+                "start", "first start")
+        elif unit.quadlet in differing or set(recorded) != set(inputs):
+            verb, reason = "restart", "unit file changed"
+        elif differing:
+            verb = "reload" if unit.reloadable else "restart"
+            reason = "inputs changed: " + ", ".join(differing)
+        elif active is False:
+            verb, reason = "start", "not running"
+        else:
+            unit_actions.append(Action("unit", key, Change.UNCHANGED,
+                                       "inputs unchanged since liminati last started it",
+                                       user=unit.user))  # fmt: skip
+            continue
+        if verb != "reload":
+            reload_users.setdefault(unit.user, f"{unit.unit} must {verb}")
+        unit_actions.append(Action("unit", key, Change.UPDATE, reason, verb=verb, user=unit.user))
+    for user in dict.fromkeys(u.user for u in desired.units):
+        if user in reload_users:
+            actions.append(Action("daemon-reload", user, Change.UPDATE, reload_users[user],
+                                  user=user))  # fmt: skip
+        else:
+            actions.append(Action("daemon-reload", user, Change.UNCHANGED, "unit files unchanged",
+                                  user=user))  # fmt: skip
+    actions += unit_actions
+    return Plan(tuple(actions), notes)
+
+
+def _file_action(f: FileSpec, facts: Facts, manifest: Manifest, force: bool) -> Action:
+    st = facts.stats.get(f.path)
+    old = facts.contents.get(f.path)
+    want = sha256(f.content)
+    desc = f"{_mode(f.mode)} {f.owner}:{f.group}"
+    if st is None or old is None:
+        return Action("file", f.path, Change.CREATE, desc, diff=file_diff(f, None))
+    have = sha256(old)
+    if f.policy is Policy.GENERATE_ONCE or have == want:
+        why = "generated once, kept as it is" if f.policy is Policy.GENERATE_ONCE and have != want \
+            else "content matches"  # fmt: skip
+        fix = _attrs(st, f.mode, f.owner, f.group)
+        if fix:
+            return Action("file", f.path, Change.UPDATE, f"{why}; {fix}", attrs_only=True)
+        return Action("file", f.path, Change.UNCHANGED, f"{why}, {desc}")
+    recorded = manifest.files.get(f.path)
+    diff = file_diff(f, old)
+    if recorded is not None and recorded != have:
+        if not force:
+            return Action("file", f.path, Change.DRIFT,
+                          "edited by hand since liminati wrote it: kept; --force replaces it "
+                          "(a backup is kept)", diff=diff)  # fmt: skip
+        return Action("file", f.path, Change.UPDATE,
+                      "edited by hand; replaced (--force), backup kept", diff=diff, backup=True)  # fmt: skip
+    if recorded is None:
+        return Action("file", f.path, Change.UPDATE,
+                      "not written by liminati before; replaced, backup kept", diff=diff,
+                      backup=True)  # fmt: skip
+    return Action("file", f.path, Change.UPDATE, "rendered content changed", diff=diff)

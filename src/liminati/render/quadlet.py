@@ -1,0 +1,166 @@
+"""The four kinds of quadlet: vLLM (one per model), Open WebUI, nginx and dnsmasq."""
+
+from __future__ import annotations
+
+from liminati.config import Config, Model
+from liminati.layout import Layout
+from liminati.render.dnsmasq import HOSTS_DIR
+from liminati.render.dnsmasq import INNER_PORT as DNS_INNER
+from liminati.render.ini import ContainerSpec
+from liminati.render.nginx import INNER, NOFILE
+
+HEADER = ("Managed by liminati: a hand edit shows up as drift in `liminati plan`.",)
+#: Open WebUI's port inside its image
+WEBUI_INNER = 8080
+
+
+def _pull(config: Config) -> tuple[str, ...]:
+    # Pull= is a podman 4.6 key; the argument works on every version
+    return (f"--pull={config.images.pull}",)
+
+
+def build_vllm(config: Config, layout: Layout, model: Model) -> ContainerSpec:
+    args: list[str] = [
+        "--model", model.model,
+        "--served-model-name", model.served_name,
+        # 0.0.0.0 inside the container only: podman publishes the port on 127.0.0.1
+        "--host", "0.0.0.0",
+        "--port", "8000",
+        "--max-model-len", str(model.max_model_len),
+        "--gpu-memory-utilization", f"{model.gpu_memory_utilization:g}",
+        "--tensor-parallel-size", str(model.tensor_parallel_size),
+    ]  # fmt: skip
+    args += model.extra_args
+    devices = (
+        ("nvidia.com/gpu=all",)
+        if model.gpus == "all"
+        else tuple(f"nvidia.com/gpu={g}" for g in model.gpus.split(","))
+    )
+    return ContainerSpec(
+        header=HEADER,
+        description=f"liminati: vLLM serving {model.model} as {model.served_name}",
+        name=model.unit,
+        image=config.images.vllm,
+        exec_args=tuple(args),
+        publish=(f"127.0.0.1:{model.port}:8000",),
+        volumes=(f"{layout.hf_cache}:/root/.cache/huggingface:Z",),
+        # VLLM_API_KEY: the internal key, read by vLLM from its environment, never in argv
+        environment_files=(str(layout.vllm_env(model)),),
+        environment=(("HF_HOME", "/root/.cache/huggingface"),),
+        devices=devices,
+        podman_args=(
+            *_pull(config),
+            f"--shm-size={config.vllm.shm_size}",
+        ),
+        # the image has python but not necessarily curl
+        health_cmd=(
+            "python3 -c \"import urllib.request; "
+            "urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=5)\""
+        ),
+        labels=(("io.liminati.service", "vllm"), ("io.liminati.model", model.served_name)),
+        timeout_start_sec=config.vllm.start_timeout_seconds,
+        timeout_stop_sec=120,
+    )
+
+
+def build_webui(config: Config, layout: Layout) -> ContainerSpec:
+    models_ports = ",".join(f"-T,{m.port}" for m in config.models)
+    return ContainerSpec(
+        header=HEADER,
+        description="liminati: Open WebUI",
+        name="open-webui",
+        image=config.images.webui,
+        publish=(f"127.0.0.1:{config.ports.webui}:{WEBUI_INNER}",),
+        # pasta forwards the container's loopback ports to the host's: vLLM on 127.0.0.1
+        network=f"pasta:{models_ports}",
+        volumes=(f"{layout.webui_data}:/app/backend/data:Z",),
+        environment_files=(str(layout.webui_env),),
+        environment=(
+            ("ENABLE_OLLAMA_API", "false"),
+            ("ENABLE_SIGNUP", "false"),
+            ("WEBUI_URL", f"https://webui.{config.domain}"),
+            ("CORS_ALLOW_ORIGIN", f"https://webui.{config.domain}"),
+            ("OPENAI_API_BASE_URLS", ";".join(f"http://127.0.0.1:{m.port}/v1" for m in config.models)),
+            ("SCARF_NO_ANALYTICS", "true"),
+            ("DO_NOT_TRACK", "true"),
+            ("ANONYMIZED_TELEMETRY", "false"),
+        ),  # fmt: skip
+        drop_caps=("ALL",),
+        add_caps=("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"),
+        health_cmd=f"curl -fsS http://127.0.0.1:{WEBUI_INNER}/health",
+        podman_args=_pull(config),
+        labels=(("io.liminati.service", "webui"),),
+        # first start runs database migrations; it ignores SIGTERM for a while when stopping
+        timeout_start_sec=900,
+        timeout_stop_sec=60,
+    )
+
+
+def build_nginx(config: Config, layout: Layout, listen_ip: str) -> ContainerSpec:
+    home = layout.nginx_home
+    ports = ",".join(f"-T,{p}" for p in (config.ports.webui, *(m.port for m in config.models)))
+    return ContainerSpec(
+        header=HEADER,
+        description="liminati: nginx gateway (HTTPS for webui and vllm, client downloads)",
+        name="nginx-proxy",
+        image=config.images.nginx,
+        # our own entrypoint: the image's wrapper scripts would try to edit a read-only conf.d
+        exec_args=("-p", "/etc/nginx/", "-c", "/etc/nginx/nginx.conf", "-g", "daemon off;"),
+        publish=(
+            f"{listen_ip}:{config.ports.https}:{INNER.https}",
+            f"{listen_ip}:{config.ports.http}:{INNER.http}",
+            f"{listen_ip}:{config.ports.dist}:{INNER.dist}",
+        ),
+        network=f"pasta:{ports}",
+        volumes=(
+            f"{home / 'nginx.conf'}:/etc/nginx/nginx.conf:ro,Z",
+            f"{home / 'conf.d'}:/etc/nginx/conf.d:ro,Z",
+            f"{home / 'snippets'}:/etc/nginx/snippets:ro,Z",
+            f"{home / 'ssl'}:/etc/nginx/ssl:ro,Z",
+            f"{home / 'dist'}:/etc/nginx/dist:ro,Z",
+        ),
+        drop_caps=("ALL",),
+        # the master creates its temp dirs and starts workers as an unprivileged user
+        add_caps=("CHOWN", "SETGID", "SETUID"),
+        read_only=True,
+        health_cmd=f"curl -fsS -o /dev/null http://127.0.0.1:{INNER.dist}/{'liminati-ca.crt'}",
+        podman_args=(
+            *_pull(config),
+            "--entrypoint=nginx",
+            "--tmpfs=/etc/nginx/tmp:rw,mode=0700",
+            "--tmpfs=/var/cache/nginx:rw",
+            "--tmpfs=/run:rw",
+            f"--ulimit=nofile={NOFILE}:{NOFILE}",
+        ),
+        labels=(("io.liminati.service", "nginx"),),
+        # new certificates and config without dropping connections
+        exec_reload=("/usr/bin/podman", "exec", "nginx-proxy", "nginx", "-s", "reload"),
+        timeout_start_sec=120,
+        timeout_stop_sec=30,
+    )  # fmt: skip
+
+
+def build_dnsmasq(config: Config, layout: Layout, listen_ip: str) -> ContainerSpec:
+    return ContainerSpec(
+        header=HEADER,
+        description=f"liminati: dnsmasq, authoritative for {config.domain}",
+        name="dnsmasq",
+        image=config.images.dnsmasq,
+        exec_args=("--keep-in-foreground", "--conf-file=/etc/dnsmasq.conf"),
+        publish=(
+            f"{listen_ip}:{config.ports.dns}:{DNS_INNER}/udp",
+            f"{listen_ip}:{config.ports.dns}:{DNS_INNER}/tcp",
+        ),
+        volumes=(
+            f"{layout.dnsmasq_conf}:/etc/dnsmasq.conf:ro,Z",
+            f"{layout.dnsmasq_hosts}:{HOSTS_DIR}:ro,Z",
+        ),
+        drop_caps=("ALL",),
+        # port 53 inside the container, then dnsmasq drops to an unprivileged user
+        add_caps=("NET_BIND_SERVICE", "SETGID", "SETUID"),
+        read_only=True,
+        podman_args=(*_pull(config), "--entrypoint=dnsmasq"),
+        labels=(("io.liminati.service", "dnsmasq"),),
+        timeout_start_sec=120,
+        timeout_stop_sec=30,
+    )

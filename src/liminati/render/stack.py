@@ -1,0 +1,157 @@
+"""The whole desired host: users, directories, files and units, from config and material."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath as P
+
+from liminati.config import Config, ServiceUser
+from liminati.layout import Layout
+from liminati.render.dnsmasq import render_dnsmasq
+from liminati.render.ini import ContainerSpec, serialize
+from liminati.render.model import (
+    Desired,
+    DirSpec,
+    FileSpec,
+    Material,
+    Policy,
+    UnitRef,
+    UnitSpec,
+    UserSpec,
+)
+from liminati.render.nginx import SECRET_FILES, render_nginx
+from liminati.render.quadlet import build_dnsmasq, build_nginx, build_vllm, build_webui
+from liminati.render.scripts import render_client_script
+
+#: Names of the secrets liminati generates once and keeps in /var/lib/liminati/secrets.
+SECRET_NAMES = ("vllm-api-key", "webui-secret-key", "webui-admin-password")
+
+ROOT = "root"
+#: a service's home and everything under it belongs to that service user alone
+PRIVATE_DIR = 0o700
+PUBLIC_FILE = 0o644
+PRIVATE_FILE = 0o600
+#: the CA key: read-only even for root, so nothing rewrites it by accident (mkcert does the same)
+CA_KEY_MODE = 0o400
+
+
+def _env_file(pairs: list[tuple[str, str]]) -> bytes:
+    # podman --env-file: KEY=value per line, value taken literally (no quotes, no expansion)
+    for key, value in pairs:
+        if "\n" in value:
+            raise ValueError(f"{key}: a value with a newline cannot go into an env file")
+    return "".join(f"{k}={v}\n" for k, v in pairs).encode()
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.dirs: dict[str, DirSpec] = {}
+        self.files: list[FileSpec] = []
+
+    def dir(self, path: P, owner: str, mode: int = PRIVATE_DIR) -> None:
+        self.dirs.setdefault(str(path), DirSpec(str(path), owner, owner, mode))
+
+    def file(self, path: P, content: str | bytes, owner: str, mode: int = PUBLIC_FILE,
+             **kw: object) -> None:  # fmt: skip
+        data = content.encode() if isinstance(content, str) else content
+        self.files.append(FileSpec(str(path), data, owner, owner, mode, **kw))  # type: ignore[arg-type]
+
+
+def build_desired(config: Config, listen_ip: str, material: Material) -> Desired:
+    layout = Layout(config)
+    b = _Builder()
+    users = config.users
+
+    # root's own state: the CA, the secrets, the manifest
+    b.dir(layout.state_dir, ROOT)
+    b.dir(layout.pki_dir, ROOT)
+    b.dir(layout.secrets_dir, ROOT)
+    b.file(layout.ca_key, material.ca_key_pem, ROOT, CA_KEY_MODE, secret=True,
+           policy=Policy.GENERATE_ONCE)  # fmt: skip
+    b.file(layout.ca_cert, material.ca_cert_pem, ROOT, PUBLIC_FILE, policy=Policy.GENERATE_ONCE)
+    for name in SECRET_NAMES:
+        b.file(layout.secrets_dir / name, material.secrets[name] + "\n", ROOT, PRIVATE_FILE,
+               secret=True, policy=Policy.GENERATE_ONCE)  # fmt: skip
+    # rootless containers publish 53, 80 and 443 themselves (DESIGN.md decision 9)
+    lowest = min(config.ports.dns, config.ports.http, config.ports.https, config.ports.dist)
+    b.file(
+        layout.sysctl_dropin,
+        "# Managed by liminati: rootless nginx and dnsmasq publish ports from "
+        f"{lowest} up on the tailnet address.\n"
+        f"net.ipv4.ip_unprivileged_port_start = {min(lowest, 1024)}\n",
+        ROOT,
+        activate="sysctl",
+    )
+
+    def home(user: ServiceUser) -> None:
+        b.dir(P(user.home), user.name)
+        b.dir(P(user.home) / ".config", user.name)
+        b.dir(P(user.home) / ".config" / "containers", user.name)
+        b.dir(layout.quadlet_dir(user), user.name)
+        b.dir(layout.private_dir(user), user.name)
+
+    def quadlet(user: ServiceUser, spec: ContainerSpec, image: str) -> UnitSpec:
+        path = layout.quadlet_dir(user) / f"{spec.name}.container"
+        unit = UnitSpec(user.name, f"{spec.name}.service", str(path), image, bool(spec.exec_reload))
+        b.file(path, serialize(spec), user.name, units=(UnitRef(user.name, unit.unit),))
+        return unit
+
+    units: list[UnitSpec] = []
+    internal_key = material.secrets["vllm-api-key"]
+
+    # vLLM: one unit per model, the internal key in an env file only vllm-user can read
+    home(users.vllm)
+    b.dir(P(users.vllm.home) / ".cache", users.vllm.name)
+    b.dir(layout.hf_cache, users.vllm.name)
+    for model in config.models:
+        spec = build_vllm(config, layout, model)
+        unit = quadlet(users.vllm, spec, config.images.vllm)
+        units.append(unit)
+        b.file(layout.vllm_env(model), _env_file([("VLLM_API_KEY", internal_key)]),
+               users.vllm.name, PRIVATE_FILE, secret=True,
+               units=(UnitRef(users.vllm.name, unit.unit),))  # fmt: skip
+
+    # Open WebUI: talks to vLLM on loopback with the internal key; admin from the secrets
+    home(users.webui)
+    b.dir(layout.webui_data, users.webui.name)
+    unit = quadlet(users.webui, build_webui(config, layout), config.images.webui)
+    units.append(unit)
+    webui_env = [
+        ("WEBUI_SECRET_KEY", material.secrets["webui-secret-key"]),
+        ("OPENAI_API_KEYS", ";".join(internal_key for _ in config.models)),
+        ("WEBUI_ADMIN_EMAIL", config.webui.admin_email),
+        ("WEBUI_ADMIN_NAME", config.webui.admin_name),
+        ("WEBUI_ADMIN_PASSWORD", material.secrets["webui-admin-password"]),
+    ]
+    b.file(layout.webui_env, _env_file(webui_env), users.webui.name, PRIVATE_FILE, secret=True,
+           units=(UnitRef(users.webui.name, unit.unit),))  # fmt: skip
+
+    # nginx: config tree, certificates, client downloads
+    home(users.nginx)
+    nginx_unit = quadlet(users.nginx, build_nginx(config, layout, listen_ip), config.images.nginx)
+    units.append(nginx_unit)
+    reload = (UnitRef(users.nginx.name, nginx_unit.unit),)
+    for sub in ("conf.d", "snippets", "ssl", "ssl/dist", "dist"):
+        b.dir(layout.nginx_home / sub, users.nginx.name, 0o755)
+    for rel, text in render_nginx(config, material.api_keys, internal_key).items():
+        secret = rel in SECRET_FILES
+        b.file(layout.nginx_home / rel, text, users.nginx.name,
+               PRIVATE_FILE if secret else PUBLIC_FILE, secret=secret, units=reload)  # fmt: skip
+    b.file(layout.leaf_cert, material.leaf_cert_pem, users.nginx.name, units=reload)
+    b.file(layout.leaf_key, material.leaf_key_pem, users.nginx.name, PRIVATE_FILE, secret=True,
+           units=reload)  # fmt: skip
+    b.file(layout.dist_ca, material.ca_cert_pem, users.nginx.name)
+    b.file(layout.dist_dir / "install-client.sh",
+           render_client_script(config, listen_ip, material.ca_sha256), users.nginx.name)  # fmt: skip
+
+    # dnsmasq
+    home(users.dnsmasq)
+    dns_unit = quadlet(users.dnsmasq, build_dnsmasq(config, layout, listen_ip), config.images.dnsmasq)
+    units.append(dns_unit)
+    b.dir(layout.dnsmasq_hosts, users.dnsmasq.name, 0o755)
+    b.file(layout.dnsmasq_conf, render_dnsmasq(config, listen_ip), users.dnsmasq.name,
+           units=(UnitRef(users.dnsmasq.name, dns_unit.unit),))  # fmt: skip
+
+    service_users = tuple(
+        UserSpec(u.name, u.home) for u in (users.vllm, users.webui, users.nginx, users.dnsmasq)
+    )
+    return Desired(service_users, tuple(b.dirs.values()), tuple(b.files), tuple(units))

@@ -1,0 +1,68 @@
+"""Tier-4 fixtures: one Debian 13 system (systemd, rootless podman, quadlet) booted per session.
+
+Every test under tests/system carries the `system` marker (added here as well, so a module that
+forgets `pytestmark = pytest.mark.system` is still deselected by `-m "not system"`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+# nspawn.py is a plain module beside this file; make it importable whatever pytest's import mode.
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from nspawn import BootedSystem, build_rootfs  # noqa: E402
+
+_TIMINGS: dict[str, float] = {}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in item.path.resolve().parents:
+            item.add_marker(pytest.mark.system)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _TIMINGS:
+        terminalreporter.write_sep("-", "tier 4 (nspawn) timings")
+        for name, seconds in _TIMINGS.items():
+            terminalreporter.write_line(f"  {name:<22} {seconds:7.1f}s")
+
+
+@pytest.fixture(scope="session")
+def rootfs() -> Path:
+    """The cached Debian 13 root filesystem (scripts/build-rootfs.sh; about 20 s when cold)."""
+    t0 = time.monotonic()
+    root = build_rootfs(REPO)
+    _TIMINGS["rootfs (build or cache)"] = time.monotonic() - t0
+    return root
+
+
+@pytest.fixture(scope="session")
+def booted_system(rootfs: Path) -> Iterator[BootedSystem]:
+    """A booted copy of the root filesystem, shared by the session; powered off and deleted after.
+
+    Tests share it: give users, units and files names of their own.
+    """
+    with BootedSystem(rootfs) as system:
+        _TIMINGS["copy rootfs"] = system.timings["copy"]
+        _TIMINGS["boot"] = system.timings["boot"]
+        yield system
+    _TIMINGS["power off"] = system.timings.get("stop", 0.0)
+
+
+@pytest.fixture(scope="session")
+def liminati_system(booted_system: BootedSystem) -> BootedSystem:
+    """booted_system with this working tree installed in /opt/liminati (+ /usr/local/bin)."""
+    booted_system.install_liminati(REPO)
+    _TIMINGS["wheels (host)"] = booted_system.timings["wheels"]
+    _TIMINGS["install (inside)"] = booted_system.timings["install"]
+    return booted_system
