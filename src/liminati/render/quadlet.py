@@ -10,6 +10,8 @@ from liminati.render.ini import ContainerSpec
 from liminati.render.nginx import INNER, NOFILE
 
 HEADER = ("Managed by liminati: a hand edit shows up as drift in `liminati plan`.",)
+#: nginx-user's home inside the nginx container: the -p prefix all relative paths hang from
+NGINX_PREFIX = "/etc/nginx-liminati"
 #: Open WebUI's port inside its image
 WEBUI_INNER = 8080
 
@@ -105,20 +107,16 @@ def build_nginx(config: Config, layout: Layout, listen_ip: str) -> ContainerSpec
         name="nginx-proxy",
         image=config.images.nginx,
         # our own entrypoint: the image's wrapper scripts would try to edit a read-only conf.d
-        exec_args=("-p", "/etc/nginx/", "-c", "/etc/nginx/nginx.conf", "-g", "daemon off;"),
+        exec_args=("-p", f"{NGINX_PREFIX}/", "-c", f"{NGINX_PREFIX}/nginx.conf", "-g", "daemon off;"),
         publish=(
             f"{listen_ip}:{config.ports.https}:{INNER.https}",
             f"{listen_ip}:{config.ports.http}:{INNER.http}",
             f"{listen_ip}:{config.ports.dist}:{INNER.dist}",
         ),
         network=f"pasta:{ports}",
-        volumes=(
-            f"{home / 'nginx.conf'}:/etc/nginx/nginx.conf:ro,Z",
-            f"{home / 'conf.d'}:/etc/nginx/conf.d:ro,Z",
-            f"{home / 'snippets'}:/etc/nginx/snippets:ro,Z",
-            f"{home / 'ssl'}:/etc/nginx/ssl:ro,Z",
-            f"{home / 'dist'}:/etc/nginx/dist:ro,Z",
-        ),
+        # the whole home, as a directory: a file bind mount would keep showing the old inode
+        # after an atomic rename, and `nginx -s reload` would reread the old config
+        volumes=(f"{home}:{NGINX_PREFIX}:ro,Z",),
         drop_caps=("ALL",),
         # the master creates its temp dirs and starts workers as an unprivileged user
         add_caps=("CHOWN", "SETGID", "SETUID"),
@@ -127,7 +125,7 @@ def build_nginx(config: Config, layout: Layout, listen_ip: str) -> ContainerSpec
         podman_args=(
             *_pull(config),
             "--entrypoint=nginx",
-            "--tmpfs=/etc/nginx/tmp:rw,mode=0700",
+            f"--tmpfs={NGINX_PREFIX}/tmp:rw,mode=0700",
             "--tmpfs=/var/cache/nginx:rw",
             "--tmpfs=/run:rw",
             f"--ulimit=nofile={NOFILE}:{NOFILE}",

@@ -132,6 +132,8 @@ def build_desired(config: Config, listen_ip: str, material: Material) -> Desired
     reload = (UnitRef(users.nginx.name, nginx_unit.unit),)
     for sub in ("conf.d", "snippets", "ssl", "ssl/dist", "dist"):
         b.dir(layout.nginx_home / sub, users.nginx.name, 0o755)
+    # mount point of the container's tmpfs (pid file, temp files): the home is mounted read-only
+    b.dir(layout.nginx_home / "tmp", users.nginx.name, 0o700)
     for rel, text in render_nginx(config, material.api_keys, internal_key).items():
         secret = rel in SECRET_FILES
         b.file(layout.nginx_home / rel, text, users.nginx.name,
