@@ -48,11 +48,16 @@ def tree_of(desired: Desired, material: Material) -> dict[str, bytes]:
     Files that are only copies of the material (keys, certificates, secrets) appear in
     _tree.txt by name, not as files: they are inputs, not output of render.
     """
-    inputs = {material.ca_cert_pem, material.ca_key_pem, material.leaf_cert_pem,
-              material.leaf_key_pem} | {(v + "\n").encode() for v in material.secrets.values()}  # fmt: skip
+    inputs = {
+        material.ca_cert_pem,
+        material.ca_key_pem,
+        material.leaf_cert_pem,
+        material.leaf_key_pem,
+    } | {(v + "\n").encode() for v in material.secrets.values()}
     out: dict[str, bytes] = {}
-    lines = [f"user {u.name} home={u.home} shell={u.shell} subids={u.subid_count}"
-             for u in desired.users]  # fmt: skip
+    lines = [
+        f"user {u.name} home={u.home} shell={u.shell} subids={u.subid_count}" for u in desired.users
+    ]
     lines += [f"dir  {d.mode:04o} {d.owner}:{d.group} {d.path}" for d in desired.dirs]
     for f in desired.files:
         flags = []
@@ -69,8 +74,10 @@ def tree_of(desired: Desired, material: Material) -> dict[str, bytes]:
         else:
             out[f.path.lstrip("/")] = f.content
         lines.append(f"file {f.mode:04o} {f.owner}:{f.group} {f.path} {' '.join(flags)}".rstrip())
-    lines += [f"unit {u.user} {u.unit} from {u.quadlet} image={u.image} reload={u.reloadable}"
-              for u in desired.units]  # fmt: skip
+    lines += [
+        f"unit {u.user} {u.unit} from {u.quadlet} image={u.image} reload={u.reloadable}"
+        for u in desired.units
+    ]
     out["_tree.txt"] = ("\n".join(lines) + "\n").encode()
     return out
 
@@ -86,8 +93,11 @@ def compare_tree(expected_dir: Path, actual: dict[str, bytes]) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         return
-    on_disk = {str(p.relative_to(expected_dir)): p.read_bytes()
-               for p in expected_dir.rglob("*") if p.is_file()}  # fmt: skip
+    on_disk = {
+        str(p.relative_to(expected_dir)): p.read_bytes()
+        for p in expected_dir.rglob("*")
+        if p.is_file()
+    }
     assert sorted(on_disk) == sorted(actual), (
         f"file set differs from {expected_dir} (regenerate with LIMINATI_UPDATE_GOLDEN=1 "
         "and review the diff)"

@@ -16,8 +16,13 @@ class Layout:
 
     config: Config
 
-    etc_dir: P = P("/etc/liminati")
-    state_dir: P = P("/var/lib/liminati")
+    @property
+    def etc_dir(self) -> P:
+        return P("/etc/liminati")
+
+    @property
+    def state_dir(self) -> P:
+        return P("/var/lib/liminati")
 
     @property
     def config_file(self) -> P:

@@ -72,7 +72,9 @@ def print_plan(plan: Plan, *, diffs: bool = True) -> None:
             if a.diff and (a.changes or a.change is Change.DRIFT):
                 data("")
                 for line in a.diff.splitlines():
-                    colour = "green" if line.startswith("+") else "red" if line.startswith("-") else None
+                    colour = (
+                        "green" if line.startswith("+") else "red" if line.startswith("-") else None
+                    )
                     data(click.style(line, fg=colour))
     data("")
     data("Plan: " + summary(plan) + ".")

@@ -552,10 +552,21 @@ class BootedSystem:
                 self._netns.append(peer_netns)
             in_peer = ["ip", "-n", peer_netns]
             subprocess.run(
-                [*in_peer, "link", "add", name, "type", "veth",
-                 "peer", "name", name, "netns", str(self.pid1)],
+                [
+                    *in_peer,
+                    "link",
+                    "add",
+                    name,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    name,
+                    "netns",
+                    str(self.pid1),
+                ],
                 check=True,
-            )  # fmt: skip
+            )
             for args in (
                 ["addr", "add", peer_address, "dev", name],
                 ["link", "set", name, "up"],

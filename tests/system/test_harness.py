@@ -15,9 +15,17 @@ pytestmark = pytest.mark.system
 def _make_service_user(system: BootedSystem, user: str, home: str, first_subid: int) -> int:
     """A system account as liminati makes them: subids, linger, its user manager running."""
     system.run(
-        ["useradd", "--system", "--create-home", "--home-dir", home,
-         "--shell", "/usr/sbin/nologin", user]
-    )  # fmt: skip
+        [
+            "useradd",
+            "--system",
+            "--create-home",
+            "--home-dir",
+            home,
+            "--shell",
+            "/usr/sbin/nologin",
+            user,
+        ]
+    )
     subids = f"{first_subid}-{first_subid + 65535}"
     system.run(["usermod", "--add-subuids", subids, "--add-subgids", subids, user])
     system.run(["loginctl", "enable-linger", user])
@@ -125,16 +133,38 @@ def test_harness_tailnet_peer_reaches_the_system(booted_system: BootedSystem) ->
     )
     assert "tailscale0" not in _host_links()
     booted_system.run(
-        ["systemd-run", "--unit=peer-probe", "--property=WorkingDirectory=/etc",
-         "python3", "-m", "http.server", "--bind", "100.64.0.10", "18081"]
-    )  # fmt: skip
+        [
+            "systemd-run",
+            "--unit=peer-probe",
+            "--property=WorkingDirectory=/etc",
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            "100.64.0.10",
+            "18081",
+        ]
+    )
     try:
         booted_system.wait_until(["sh", "-c", "ss -Htln 'src 100.64.0.10:18081' | grep -q ."])
         fetched = subprocess.run(
-            ["ip", "netns", "exec", peer, "curl", "-sS", "--noproxy", "*", "--max-time", "5",
-             "http://100.64.0.10:18081/hostname"],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            [
+                "ip",
+                "netns",
+                "exec",
+                peer,
+                "curl",
+                "-sS",
+                "--noproxy",
+                "*",
+                "--max-time",
+                "5",
+                "http://100.64.0.10:18081/hostname",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert fetched.stdout.strip() == "liminati-test", fetched.stderr
         # The server saw the peer's own address, as nginx must (DESIGN.md section 2).
         booted_system.wait_until(
@@ -150,8 +180,14 @@ def test_harness_installs_liminati_offline(liminati_system: BootedSystem) -> Non
     assert target == "/opt/liminati/bin/liminati"
     # The binary dependencies (pydantic-core, cryptography) load on the system's CPython 3.13.
     system.run(
-        ["/opt/liminati/bin/python", "-c",
-         "import click, cryptography.x509, jinja2, pydantic, rich, tomli_w, liminati"]
-    )  # fmt: skip
+        [
+            "/opt/liminati/bin/python",
+            "-c",
+            "import click, cryptography.x509, jinja2, pydantic, rich, tomli_w, liminati",
+        ]
+    )
     python = system.run(["/opt/liminati/bin/python", "-c", "import sys; print(sys.version)"])
     assert python.stdout.startswith("3.13"), python.stdout
+    # The console script works from root's plain PATH.
+    usage = system.run(["liminati", "--help"]).stdout
+    assert usage.startswith("Usage: liminati"), usage

@@ -60,8 +60,10 @@ def resolve_listen_ip(executor: Executor, config: Config) -> str:
     except ValueError:
         raise UsageError(f"`tailscale ip -4` printed {ip!r}, not an IPv4 address") from None
     if addr not in TAILNET and not config.allow_non_tailnet_ip:
-        raise UsageError(f"`tailscale ip -4` gave {ip}, outside 100.64.0.0/10",
-                         hint="pass --listen-ip, or set allow_non_tailnet_ip = true")  # fmt: skip
+        raise UsageError(
+            f"`tailscale ip -4` gave {ip}, outside 100.64.0.0/10",
+            hint="pass --listen-ip, or set allow_non_tailnet_ip = true",
+        )
     return ip
 
 
@@ -78,6 +80,5 @@ def run_pass(
     prepared = prepare_material(config, observe_existing(executor, config), now, gen)
     desired = build_desired(config, listen_ip, prepared.material)
     facts = observe(executor, config, desired)
-    plan = build_plan(desired, facts, force=force, start_units=start_units,
-                      notes=prepared.notes)  # fmt: skip
+    plan = build_plan(desired, facts, force=force, start_units=start_units, notes=prepared.notes)
     return Pass(listen_ip, prepared, desired, facts, plan)

@@ -24,15 +24,21 @@ def preflight(executor: Executor, config: Config, listen_ip: str, own_uids: set[
         return []
     problems = []
     if not executor.is_root():
-        problems.append("not running as root: run `sudo liminati install` "
-                        "(or `liminati install --root DIR` to stage into a folder)")  # fmt: skip
+        problems.append(
+            "not running as root: run `sudo liminati install` "
+            "(or `liminati install --root DIR` to stage into a folder)"
+        )
     if not executor.systemd_running():
-        problems.append("systemd is not running as PID 1: liminati runs services as systemd "
-                        "user units; use a host booted with systemd")  # fmt: skip
+        problems.append(
+            "systemd is not running as PID 1: liminati runs services as systemd "
+            "user units; use a host booted with systemd"
+        )
     podman = executor.which("podman")
     if podman is None:
-        problems.append("podman is not installed: `apt install podman` (Debian 13, Ubuntu 24.04) "
-                        "or `dnf install podman`; version 4.4 or newer is needed")  # fmt: skip
+        problems.append(
+            "podman is not installed: `apt install podman` (Debian 13, Ubuntu 24.04) "
+            "or `dnf install podman`; version 4.4 or newer is needed"
+        )
     else:
         result = executor.run_tool([podman, "--version"])
         version = podman_version(result.stdout)

@@ -68,13 +68,14 @@ def apply_plan(
         if a.changes:
             st = executor.stat(d.path)
             if st is not None and not st.is_dir:
-                raise HostError(f"{d.path} exists and is not a directory",
-                                hint="move it away and re-run")  # fmt: skip
+                raise HostError(
+                    f"{d.path} exists and is not a directory", hint="move it away and re-run"
+                )
             executor.make_dir(d.path, d.mode, d.owner, d.group)
             done(a, f"{'created' if a.change is Change.CREATE else 'fixed'} {d.path}")
 
     # leftovers of an interrupted write
-    for parent in sorted({str(PurePosixPath(p).parent) for p in files}):
+    for parent in sorted({str(PurePosixPath(p).parent) for p in files} | {str(layout.state_dir)}):
         result.cleaned += executor.remove_stale_temp(parent)
 
     # 3. files; the manifest records every managed file as it now is
@@ -112,8 +113,11 @@ def apply_plan(
         user, unit = a.target.split("/", 1)
         progress(f"{a.verb} {unit} ({user})...")
         executor.systemctl_user(user, a.verb, unit)
-        inputs = {f.path: sha256(f.content) for f in desired.files
-                  if any(r.user == user and r.unit == unit for r in f.units)}  # fmt: skip
+        inputs = {
+            f.path: sha256(f.content)
+            for f in desired.files
+            if any(r.user == user and r.unit == unit for r in f.units)
+        }
         manifest.units[a.target] = inputs
         _save(executor, layout, manifest)
         done(a, f"{a.verb}ed {unit} ({user})")

@@ -123,16 +123,24 @@ class Validator:
         dnsmasq = self._tool("dnsmasq", "apt install dnsmasq-base")
         if dnsmasq is None:
             return
-        conf = self._put(tmp, "dnsmasq.conf", self.desired.file(str(self.layout.dnsmasq_conf)).content)
+        conf = self._put(
+            tmp, "dnsmasq.conf", self.desired.file(str(self.layout.dnsmasq_conf)).content
+        )
         result = self.x.run_tool([dnsmasq, "--test", f"--conf-file={conf}"])
         self.report.ran.append("dnsmasq --test")
         if not result.ok:
-            self._fail("dnsmasq --test", str(self.layout.dnsmasq_conf), result.stderr, tmp,
-                       str(self.layout.dnsmasq_conf.parent))  # fmt: skip
+            self._fail(
+                "dnsmasq --test",
+                str(self.layout.dnsmasq_conf),
+                result.stderr,
+                tmp,
+                str(self.layout.dnsmasq_conf.parent),
+            )
 
     def _quadlet(self, tmp: Path) -> None:
-        quadlet = self._tool("quadlet", "podman >= 4.4",
-                             os.environ.get("LIMINATI_QUADLET_BIN", ""), *QUADLET_PATHS)  # fmt: skip
+        quadlet = self._tool(
+            "quadlet", "podman >= 4.4", os.environ.get("LIMINATI_QUADLET_BIN", ""), *QUADLET_PATHS
+        )
         if quadlet is None:
             return
         analyze = self._tool("systemd-analyze", "apt install systemd")
@@ -159,8 +167,10 @@ class Validator:
                 continue
             if podman is None or not Path(podman).exists():
                 if self.strict:
-                    raise ValidationError("podman not found: systemd-analyze verify needs it",
-                                          hint="install podman >= 4.4")  # fmt: skip
+                    raise ValidationError(
+                        "podman not found: systemd-analyze verify needs it",
+                        hint="install podman >= 4.4",
+                    )
                 self.report.missing.append("podman (systemd-analyze verify checks ExecStart)")
                 continue
             out = tmp / user / "generated"
@@ -173,8 +183,13 @@ class Validator:
             self.report.ran.append(f"systemd-analyze verify ({user})")
             # it exits 0 on unknown keys and bad values: any line it prints is a problem
             if not result.ok or result.stdout.strip() or result.stderr.strip():
-                self._fail("systemd-analyze verify", real_dir,
-                           result.stdout + result.stderr, out, "<generated>")  # fmt: skip
+                self._fail(
+                    "systemd-analyze verify",
+                    real_dir,
+                    result.stdout + result.stderr,
+                    out,
+                    "<generated>",
+                )
 
     def _shell(self, tmp: Path) -> None:
         scripts = [f for f in self.desired.files if f.path.endswith(".sh")]
@@ -186,12 +201,16 @@ class Validator:
                 result = self.x.run_tool([bash, "-n", str(path)])
                 self.report.ran.append(f"bash -n {PurePosixPath(f.path).name}")
                 if not result.ok:
-                    self._fail("bash -n", f.path, result.stderr, tmp, str(PurePosixPath(f.path).parent))
+                    self._fail(
+                        "bash -n", f.path, result.stderr, tmp, str(PurePosixPath(f.path).parent)
+                    )
             if shellcheck:
                 result = self.x.run_tool([shellcheck, "--shell=bash", str(path)])
                 self.report.ran.append(f"shellcheck {PurePosixPath(f.path).name}")
                 if not result.ok:
-                    self._fail("shellcheck", f.path, result.stdout, tmp, str(PurePosixPath(f.path).parent))
+                    self._fail(
+                        "shellcheck", f.path, result.stdout, tmp, str(PurePosixPath(f.path).parent)
+                    )
 
 
 _UNIT_HEADER = re.compile(r"^---(?P<name>[^\s/]+)---$")

@@ -57,22 +57,35 @@ class Context:
 def host_options(fn: F) -> F:
     """--config, --root and --listen-ip, on every verb that reads or writes the host."""
 
-    @click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                  help=f"config file [default: {DEFAULT_PATH}, or built-in defaults if absent]")
-    @click.option("--root", "root", type=click.Path(file_okay=False),
-                  help="stage into this folder instead of / (no root, podman or systemd needed)")
-    @click.option("--listen-ip", "listen_ip", metavar="IP",
-                  help="tailnet IPv4 address to serve on [default: `tailscale ip -4`]")
+    @click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        help=f"config file [default: {DEFAULT_PATH}, or built-in defaults if absent]",
+    )
+    @click.option(
+        "--root",
+        "root",
+        type=click.Path(file_okay=False),
+        help="stage into this folder instead of / (no root, podman or systemd needed)",
+    )
+    @click.option(
+        "--listen-ip",
+        "listen_ip",
+        metavar="IP",
+        help="tailnet IPv4 address to serve on [default: `tailscale ip -4`]",
+    )
     @functools.wraps(fn)
-    def wrapper(config_path: str | None, root: str | None, listen_ip: str | None,
-                **kw: Any) -> Any:  # fmt: skip
+    def wrapper(config_path: str | None, root: str | None, listen_ip: str | None, **kw: Any) -> Any:
         executor: Executor = StagingExecutor(Path(root)) if root else HostExecutor()
         if config_path is not None:
             try:
                 text: str | None = Path(config_path).read_text()
             except OSError as exc:
-                raise LiminatiError(f"cannot read config {config_path}: {exc.strerror}",
-                                    hint="check the path given to --config") from None  # fmt: skip
+                raise LiminatiError(
+                    f"cannot read config {config_path}: {exc.strerror}",
+                    hint="check the path given to --config",
+                ) from None
             source = config_path
         else:
             raw = executor.read(DEFAULT_PATH)
@@ -110,25 +123,34 @@ def cli() -> None:
 
 
 def _pass(ctx: Context, *, force: bool, start: bool) -> Pass:
-    return run_pass(ctx.executor, ctx.config, now=ctx.env.now(), gen=ctx.env.generators(),
-                    force=force, start_units=start)  # fmt: skip
+    return run_pass(
+        ctx.executor,
+        ctx.config,
+        now=ctx.env.now(),
+        gen=ctx.env.generators(),
+        force=force,
+        start_units=start,
+    )
 
 
-@cli.command(epilog="""
+@cli.command(
+    epilog="""
 \b
 Examples:
   liminati plan
   liminati plan --detailed-exitcode   exit 3 when something would change
   liminati plan --root ./stage --listen-ip 100.64.0.10 --json
-""")  # fmt: skip
+"""
+)
 @host_options
 @click.option("--detailed-exitcode", is_flag=True, help="exit 0: no changes, 3: changes")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.option("--no-diff", is_flag=True, help="list resources without file diffs")
 @click.option("--no-start", is_flag=True, help="plan as `install --no-start` would run")
 @click.option("--force", is_flag=True, help="plan as `install --force` would run")
-def plan(ctx: Context, detailed_exitcode: bool, as_json: bool, no_diff: bool, no_start: bool,
-         force: bool) -> int:  # fmt: skip
+def plan(
+    ctx: Context, detailed_exitcode: bool, as_json: bool, no_diff: bool, no_start: bool, force: bool
+) -> int:
     """Show what `install` would change, touching nothing.
 
     One line per resource (create, update, unchanged with its reason, drift) and unified
@@ -138,8 +160,10 @@ def plan(ctx: Context, detailed_exitcode: bool, as_json: bool, no_diff: bool, no
     if as_json:
         output.data_json(output.plan_json(p.plan))
     else:
-        output.info(f"liminati plan for {ctx.executor.describe()}: domain {ctx.config.domain}, "
-                    f"listening on {p.listen_ip}")  # fmt: skip
+        output.info(
+            f"liminati plan for {ctx.executor.describe()}: domain {ctx.config.domain}, "
+            f"listening on {p.listen_ip}"
+        )
         output.print_plan(p.plan, diffs=not no_diff)
     if detailed_exitcode and p.plan.changes:
         return ExitCode.CHANGES
@@ -149,13 +173,15 @@ def plan(ctx: Context, detailed_exitcode: bool, as_json: bool, no_diff: bool, no
 # --- install ------------------------------------------------------------------------------------
 
 
-@cli.command(epilog="""
+@cli.command(
+    epilog="""
 \b
 Examples:
   sudo liminati install
   sudo liminati install --listen-ip 100.64.0.10 --config ./liminati.toml
   liminati install --root ./stage --listen-ip 100.64.0.10   (stage into a folder)
-""")  # fmt: skip
+"""
+)
 @host_options
 @click.option("--force", is_flag=True, help="replace files edited by hand (backups are kept)")
 @click.option("--no-start", is_flag=True, help="write everything, but start no unit")
@@ -165,8 +191,14 @@ def install(ctx: Context, force: bool, no_start: bool) -> int:
     layout = Layout(config)
     users = [config.users.vllm, config.users.webui, config.users.nginx, config.users.dnsmasq]
     own_uids = {u.uid for u in (x.user(s.name) for s in users) if u is not None}
-    first = run_pass(x, config, now=ctx.env.now(), gen=ctx.env.generators(),
-                     force=force, start_units=not no_start)  # fmt: skip
+    first = run_pass(
+        x,
+        config,
+        now=ctx.env.now(),
+        gen=ctx.env.generators(),
+        force=force,
+        start_units=not no_start,
+    )
     problems = preflight(x, config, first.listen_ip, own_uids)
     if problems:
         raise PreflightError(problems)
@@ -174,8 +206,13 @@ def install(ctx: Context, force: bool, no_start: bool) -> int:
         # observe again under the lock: another run may have finished in between
         p = _pass(ctx, force=force, start=not no_start)
         changed = [a.target for a in p.plan.of_kind("file") if a.changes and not a.attrs_only]
-        report = validate(x, config, p.desired, strict=ctx.env.strict_validators,
-                          groups=groups_of(config, p.desired, changed))  # fmt: skip
+        report = validate(
+            x,
+            config,
+            p.desired,
+            strict=ctx.env.strict_validators,
+            groups=groups_of(config, p.desired, changed),
+        )
         for missing in report.missing:
             output.warn(f"not validated, validator missing: {missing}")
         for note in p.plan.notes:
@@ -188,19 +225,29 @@ def install(ctx: Context, force: bool, no_start: bool) -> int:
             output.info("  validated: " + ", ".join(report.ran))
         from liminati.plan import Manifest
 
-        applied = apply_plan(x, config, p.desired, p.plan, Manifest.parse(x.read(layout.manifest)),
-                             now=ctx.env.now(), progress=lambda m: output.info(f"  {m}"))  # fmt: skip
+        applied = apply_plan(
+            x,
+            config,
+            p.desired,
+            p.plan,
+            Manifest.parse(x.read(layout.manifest)),
+            now=ctx.env.now(),
+            progress=lambda m: output.info(f"  {m}"),
+        )
     for path in applied.cleaned:
         output.info(f"  removed {path}, left by an interrupted run")
     for path in applied.backups:
         output.info(f"  backup of the replaced file: {path}")
     for a in p.plan.drift:
-        output.warn(f"{a.target} was edited by hand and kept; `liminati plan` shows the diff, "
-                    "`liminati install --force` replaces it")  # fmt: skip
+        output.warn(
+            f"{a.target} was edited by hand and kept; `liminati plan` shows the diff, "
+            "`liminati install --force` replaces it"
+        )
     output.info(f"Done: {len(applied.done)} changes applied.")
     if x.staged and isinstance(x, StagingExecutor):
-        output.info(f"Host commands a real install would run are in {x.root}/"
-                    ".liminati-staged-commands.sh")  # fmt: skip
+        output.info(
+            f"Host commands a real install would run are in {x.root}/.liminati-staged-commands.sh"
+        )
     return ExitCode.OK
 
 
@@ -212,12 +259,15 @@ def config() -> None:
     """Inspect the configuration."""
 
 
-@config.command("show", epilog="""
+@config.command(
+    "show",
+    epilog="""
 \b
 Examples:
   liminati config show
   liminati config show --json --config ./liminati.toml
-""")  # fmt: skip
+""",
+)
 @host_options
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def config_show(ctx: Context, as_json: bool) -> int:
@@ -239,8 +289,12 @@ def config_show(ctx: Context, as_json: bool) -> int:
 def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
     """Run the CLI in-process and return the exit status (what tests call)."""
     try:
-        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="liminati",
-                      standalone_mode=False, obj=env or _default_env())  # fmt: skip
+        rv = cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="liminati",
+            standalone_mode=False,
+            obj=env or _default_env(),
+        )
     except LiminatiError as exc:
         output.error(exc.message, exc.hint)
         return exc.exit_code
@@ -258,8 +312,10 @@ def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
         with log.open("a") as fh:
             fh.write(f"--- {dt.datetime.now(dt.UTC).isoformat()} liminati {__version__}\n")
             fh.write(traceback.format_exc())
-        output.error(f"unexpected error: {sys.exc_info()[1]!r}",
-                     hint=f"the traceback is in {log}; please report it with that file")  # fmt: skip
+        output.error(
+            f"unexpected error: {sys.exc_info()[1]!r}",
+            hint=f"the traceback is in {log}; please report it with that file",
+        )
         return ExitCode.FAILURE
     if isinstance(rv, int):
         return rv

@@ -16,10 +16,8 @@ from liminati.errors import ConfigError
 DEFAULT_PATH = "/etc/liminati/liminati.toml"
 
 
-def parse_config(
-    text: str | None, source: str, overrides: dict[str, Any] | None = None
-) -> Config:
-    """Validate TOML text (None = no file: embedded defaults) plus overrides, or raise ConfigError."""
+def parse_config(text: str | None, source: str, overrides: dict[str, Any] | None = None) -> Config:
+    """Validate TOML text (None: no file, embedded defaults) plus overrides; or ConfigError."""
     data: dict[str, Any] = {}
     if text is not None:
         try:

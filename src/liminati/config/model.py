@@ -289,12 +289,15 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _checks(self) -> Config:
-        if self.listen_ip and not self.allow_non_tailnet_ip:
-            if ipaddress.IPv4Address(self.listen_ip) not in TAILNET:
-                raise ValueError(
-                    f"listen_ip = {self.listen_ip!r}: outside the tailnet range 100.64.0.0/10; "
-                    "use your Tailscale address, or set allow_non_tailnet_ip = true"
-                )
+        if (
+            self.listen_ip
+            and not self.allow_non_tailnet_ip
+            and ipaddress.IPv4Address(self.listen_ip) not in TAILNET
+        ):
+            raise ValueError(
+                f"listen_ip = {self.listen_ip!r}: outside the tailnet range 100.64.0.0/10; "
+                "use your Tailscale address, or set allow_non_tailnet_ip = true"
+            )
         if not self.models:
             raise ValueError("models must list at least one model")
         for kind, values in (

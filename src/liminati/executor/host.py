@@ -130,10 +130,21 @@ class HostExecutor(Executor):
     def create_user(self, name: str, home: str, shell: str) -> None:
         # --system: no aging, uid below 1000; no skeleton files (nobody logs in)
         self._must(
-            ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", home,
-             "--shell", shell, "--comment", f"liminati service {name}", name],
+            [
+                "useradd",
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                home,
+                "--shell",
+                shell,
+                "--comment",
+                f"liminati service {name}",
+                name,
+            ],
             f"creating user {name}",
-        )  # fmt: skip
+        )
 
     def add_subids(self, name: str, start: int, count: int) -> None:
         end = start + count - 1

@@ -59,8 +59,9 @@ def listening_sockets(proc: Path) -> list[Socket]:
             if len(f) < 10 or f[3] != state:
                 continue
             hexaddr, hexport = f[1].split(":")
-            found.append((proto, _addr(hexaddr, name.endswith("6")), int(hexport, 16),
-                          int(f[7]), f[9]))  # fmt: skip
+            found.append(
+                (proto, _addr(hexaddr, name.endswith("6")), int(hexport, 16), int(f[7]), f[9])
+            )
     owners = _owners(proc) if found else {}
     out = []
     for proto, addr, port, uid, inode in found:

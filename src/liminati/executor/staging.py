@@ -41,6 +41,8 @@ class StagingExecutor(Executor):
             "linger": [],
             "owners": {},
         }
+        # an interrupted run may have left a temp file of the state file itself
+        common.remove_stale_temp(root)
         raw = common.read(self._state_path)
         if raw:
             self._state.update(json.loads(raw))
@@ -136,15 +138,27 @@ class StagingExecutor(Executor):
         uid = FIRST_SYSTEM_ID
         while uid in taken:
             uid -= 1
-        self._record(["useradd", "--system", "--user-group", "--no-create-home",
-                      "--home-dir", home, "--shell", shell, name])  # fmt: skip
+        self._record(
+            [
+                "useradd",
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                home,
+                "--shell",
+                shell,
+                name,
+            ]
+        )
         self._state["users"][name] = {"uid": uid, "gid": uid, "home": home, "shell": shell}
         self._save()
 
     def add_subids(self, name: str, start: int, count: int) -> None:
         end = start + count - 1
-        self._record(["usermod", "--add-subuids", f"{start}-{end}",
-                      "--add-subgids", f"{start}-{end}", name])  # fmt: skip
+        self._record(
+            ["usermod", "--add-subuids", f"{start}-{end}", "--add-subgids", f"{start}-{end}", name]
+        )
         self._state["subuid"].append([name, start, count])
         self._state["subgid"].append([name, start, count])
         self._save()

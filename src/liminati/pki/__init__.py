@@ -58,6 +58,17 @@ def load_cert(pem: bytes, what: str) -> x509.Certificate:
         raise PkiError(f"{what} is not a readable PEM certificate: {exc}") from None
 
 
+def _spki(public_key: object) -> bytes:
+    return public_key.public_bytes(  # type: ignore[attr-defined, no-any-return]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def matches(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bool:
+    """Does the certificate carry this key's public half?"""
+    return _spki(cert.public_key()) == _spki(key.public_key())
+
+
 def fingerprint(pem: bytes) -> str:
     """Lowercase hex SHA-256 of the certificate's DER encoding (what browsers show)."""
     der = load_cert(pem, "certificate").public_bytes(serialization.Encoding.DER)
@@ -188,7 +199,7 @@ def judge_leaf(
     except PkiError as exc:
         return LeafVerdict(False, exc.message)
     ca = load_cert(ca_pem, "CA")
-    if leaf.public_key().public_numbers() != key.public_key().public_numbers():
+    if not matches(leaf, key):
         return LeafVerdict(False, "leaf certificate does not match its key")
     if leaf.issuer != ca.subject:
         return LeafVerdict(False, "leaf was not issued by the current CA")
@@ -205,5 +216,7 @@ def judge_leaf(
         return LeafVerdict(False, f"leaf names {names} do not match domain {domain}")
     left = leaf.not_valid_after_utc - now
     if left <= dt.timedelta(days=renew_before_days):
-        return LeafVerdict(False, f"leaf expires in {left.days} days (renewing at {renew_before_days})")
+        return LeafVerdict(
+            False, f"leaf expires in {left.days} days (renewing at {renew_before_days})"
+        )
     return LeafVerdict(True, f"leaf valid for {left.days} more days, matches key, CA and domain")

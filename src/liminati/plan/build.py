@@ -48,8 +48,9 @@ def file_diff(spec: FileSpec, old: bytes | None) -> str:
         fromfile="/dev/null" if old is None else spec.path,
         tofile=spec.path,
     )
-    out = "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
-                  for line in lines)  # fmt: skip
+    out = "".join(
+        line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines
+    )
     return out
 
 
@@ -79,46 +80,78 @@ def build_plan(
     for user in desired.users:
         seen = facts.users.get(user.name)
         if seen is None:
-            actions.append(Action("user", user.name, Change.CREATE,
-                                  f"system user, home {user.home}, no login shell"))  # fmt: skip
+            actions.append(
+                Action(
+                    "user",
+                    user.name,
+                    Change.CREATE,
+                    f"system user, home {user.home}, no login shell",
+                )
+            )
         else:
             uid, home, shell = seen
             extra = "" if home == user.home else f"; its home is {home}, not {user.home}"
-            actions.append(Action("user", user.name, Change.UNCHANGED,
-                                  f"exists (uid {uid}, shell {shell}){extra}"))  # fmt: skip
+            actions.append(
+                Action(
+                    "user", user.name, Change.UNCHANGED, f"exists (uid {uid}, shell {shell}){extra}"
+                )
+            )
         ranges = [(s, c) for n, s, c in facts.subuid if n == user.name]
         granges = [(s, c) for n, s, c in facts.subgid if n == user.name]
         if ranges and granges:
             s, c = ranges[0]
-            actions.append(Action("subids", user.name, Change.UNCHANGED,
-                                  f"has {c} subordinate ids from {s}"))  # fmt: skip
+            actions.append(
+                Action("subids", user.name, Change.UNCHANGED, f"has {c} subordinate ids from {s}")
+            )
         else:
-            actions.append(Action("subids", user.name, Change.CREATE,
-                                  f"rootless podman needs {user.subid_count} subordinate ids; "
-                                  f"range {next_subid}-{next_subid + user.subid_count - 1}",
-                                  verb=f"{next_subid} {user.subid_count}"))  # fmt: skip
+            actions.append(
+                Action(
+                    "subids",
+                    user.name,
+                    Change.CREATE,
+                    f"rootless podman needs {user.subid_count} subordinate ids; "
+                    f"range {next_subid}-{next_subid + user.subid_count - 1}",
+                    verb=f"{next_subid} {user.subid_count}",
+                )
+            )
             next_subid += user.subid_count
         if facts.linger.get(user.name):
             actions.append(Action("linger", user.name, Change.UNCHANGED, "linger enabled"))
         else:
-            actions.append(Action("linger", user.name, Change.CREATE,
-                                  "the user's services start at boot without a login"))  # fmt: skip
+            actions.append(
+                Action(
+                    "linger",
+                    user.name,
+                    Change.CREATE,
+                    "the user's services start at boot without a login",
+                )
+            )
 
     # directories, parents first
     for d in sorted(desired.dirs, key=lambda d: d.path):
         st = facts.stats.get(d.path)
         if st is None:
-            actions.append(Action("dir", d.path, Change.CREATE,
-                                  f"{_mode(d.mode)} {d.owner}:{d.group}"))  # fmt: skip
+            actions.append(
+                Action("dir", d.path, Change.CREATE, f"{_mode(d.mode)} {d.owner}:{d.group}")
+            )
         elif not st[0]:
-            actions.append(Action("dir", d.path, Change.UPDATE,
-                                  "exists but is not a directory: moved to backups, replaced",
-                                  backup=True))  # fmt: skip
+            actions.append(
+                Action(
+                    "dir",
+                    d.path,
+                    Change.UPDATE,
+                    "exists but is not a directory: moved to backups, replaced",
+                    backup=True,
+                )
+            )
         elif fix := _attrs(st, d.mode, d.owner, d.group):
             actions.append(Action("dir", d.path, Change.UPDATE, fix, attrs_only=True))
         else:
-            actions.append(Action("dir", d.path, Change.UNCHANGED,
-                                  f"exists, {_mode(d.mode)} {d.owner}:{d.group}"))  # fmt: skip
+            actions.append(
+                Action(
+                    "dir", d.path, Change.UNCHANGED, f"exists, {_mode(d.mode)} {d.owner}:{d.group}"
+                )
+            )
 
     # files
     written: set[str] = set()
@@ -129,7 +162,9 @@ def build_plan(
             written.add(f.path)
         if f.activate == "sysctl":
             if action.changes and not action.attrs_only:
-                actions.append(Action("sysctl", f.path, Change.UPDATE, "apply the new settings now"))
+                actions.append(
+                    Action("sysctl", f.path, Change.UPDATE, "apply the new settings now")
+                )
             else:
                 actions.append(Action("sysctl", f.path, Change.UNCHANGED, "settings unchanged"))
 
@@ -138,21 +173,31 @@ def build_plan(
     reload_users: dict[str, str] = {}
     for unit in desired.units:
         key = f"{unit.user}/{unit.unit}"
-        inputs = {f.path: sha256(f.content) for f in desired.files if
-                  any(r.user == unit.user and r.unit == unit.unit for r in f.units)}  # fmt: skip
+        inputs = {
+            f.path: sha256(f.content)
+            for f in desired.files
+            if any(r.user == unit.user and r.unit == unit.unit for r in f.units)
+        }
         if unit.quadlet in written:
             reload_users.setdefault(unit.user, f"{unit.quadlet} changed")
         if not start_units:
-            unit_actions.append(Action("unit", key, Change.UNCHANGED, "not started (--no-start)",
-                                       user=unit.user))  # fmt: skip
+            unit_actions.append(
+                Action("unit", key, Change.UNCHANGED, "not started (--no-start)", user=unit.user)
+            )
             continue
         recorded = manifest.units.get(key)
-        differing = sorted(p for p in inputs if p in written or
-                           (recorded is not None and recorded.get(p) != inputs[p]))  # fmt: skip
+        differing = sorted(
+            p
+            for p in inputs
+            if p in written or (recorded is not None and recorded.get(p) != inputs[p])
+        )
         active = facts.active.get(key)
         if recorded is None:
-            verb, reason = ("restart", "running, but not started by liminati yet") if active else (
-                "start", "first start")
+            verb, reason = (
+                ("restart", "running, but not started by liminati yet")
+                if active
+                else ("start", "first start")
+            )
         elif unit.quadlet in differing or set(recorded) != set(inputs):
             verb, reason = "restart", "unit file changed"
         elif differing:
@@ -161,20 +206,28 @@ def build_plan(
         elif active is False:
             verb, reason = "start", "not running"
         else:
-            unit_actions.append(Action("unit", key, Change.UNCHANGED,
-                                       "inputs unchanged since liminati last started it",
-                                       user=unit.user))  # fmt: skip
+            unit_actions.append(
+                Action(
+                    "unit",
+                    key,
+                    Change.UNCHANGED,
+                    "inputs unchanged since liminati last started it",
+                    user=unit.user,
+                )
+            )
             continue
         if verb != "reload":
             reload_users.setdefault(unit.user, f"{unit.unit} must {verb}")
         unit_actions.append(Action("unit", key, Change.UPDATE, reason, verb=verb, user=unit.user))
-    for user in dict.fromkeys(u.user for u in desired.units):
-        if user in reload_users:
-            actions.append(Action("daemon-reload", user, Change.UPDATE, reload_users[user],
-                                  user=user))  # fmt: skip
+    for name in dict.fromkeys(u.user for u in desired.units):
+        if name in reload_users:
+            actions.append(
+                Action("daemon-reload", name, Change.UPDATE, reload_users[name], user=name)
+            )
         else:
-            actions.append(Action("daemon-reload", user, Change.UNCHANGED, "unit files unchanged",
-                                  user=user))  # fmt: skip
+            actions.append(
+                Action("daemon-reload", name, Change.UNCHANGED, "unit files unchanged", user=name)
+            )
     actions += unit_actions
     return Plan(tuple(actions), notes)
 
@@ -188,8 +241,11 @@ def _file_action(f: FileSpec, facts: Facts, manifest: Manifest, force: bool) -> 
         return Action("file", f.path, Change.CREATE, desc, diff=file_diff(f, None))
     have = sha256(old)
     if f.policy is Policy.GENERATE_ONCE or have == want:
-        why = "generated once, kept as it is" if f.policy is Policy.GENERATE_ONCE and have != want \
-            else "content matches"  # fmt: skip
+        why = (
+            "generated once, kept as it is"
+            if f.policy is Policy.GENERATE_ONCE and have != want
+            else "content matches"
+        )
         fix = _attrs(st, f.mode, f.owner, f.group)
         if fix:
             return Action("file", f.path, Change.UPDATE, f"{why}; {fix}", attrs_only=True)
@@ -198,13 +254,29 @@ def _file_action(f: FileSpec, facts: Facts, manifest: Manifest, force: bool) -> 
     diff = file_diff(f, old)
     if recorded is not None and recorded != have:
         if not force:
-            return Action("file", f.path, Change.DRIFT,
-                          "edited by hand since liminati wrote it: kept; --force replaces it "
-                          "(a backup is kept)", diff=diff)  # fmt: skip
-        return Action("file", f.path, Change.UPDATE,
-                      "edited by hand; replaced (--force), backup kept", diff=diff, backup=True)  # fmt: skip
+            return Action(
+                "file",
+                f.path,
+                Change.DRIFT,
+                "edited by hand since liminati wrote it: kept; --force replaces it "
+                "(a backup is kept)",
+                diff=diff,
+            )
+        return Action(
+            "file",
+            f.path,
+            Change.UPDATE,
+            "edited by hand; replaced (--force), backup kept",
+            diff=diff,
+            backup=True,
+        )
     if recorded is None:
-        return Action("file", f.path, Change.UPDATE,
-                      "not written by liminati before; replaced, backup kept", diff=diff,
-                      backup=True)  # fmt: skip
+        return Action(
+            "file",
+            f.path,
+            Change.UPDATE,
+            "not written by liminati before; replaced, backup kept",
+            diff=diff,
+            backup=True,
+        )
     return Action("file", f.path, Change.UPDATE, "rendered content changed", diff=diff)

@@ -1,4 +1,4 @@
-"""The manifest: what liminati last applied (file hashes, unit inputs), to tell drift from change."""
+"""The manifest: what liminati last applied (file hashes, unit inputs): drift versus change."""
 
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from liminati import pki
 from liminati.config import Config
 from liminati.errors import PkiError
@@ -27,7 +29,7 @@ class Existing:
 class Generators:
     """Randomness, injected so that tests can make it deterministic."""
 
-    new_key: Callable[[], pki.ec.EllipticCurvePrivateKey]
+    new_key: Callable[[], ec.EllipticCurvePrivateKey]
     serial: Callable[[], int]
     token: Callable[[], str]
 
@@ -49,7 +51,7 @@ def prepare_material(
         ca_cert_pem, ca_key_pem = existing.ca_cert, existing.ca_key
         ca_cert = pki.load_cert(ca_cert_pem, "CA certificate")
         ca_key = pki.load_key(ca_key_pem, "CA key")
-        if ca_cert.public_key().public_numbers() != ca_key.public_key().public_numbers():
+        if not pki.matches(ca_cert, ca_key):
             raise PkiError(
                 "the CA certificate does not match the CA key",
                 hint="restore both from a backup; liminati never replaces a CA silently",

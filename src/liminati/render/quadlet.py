@@ -23,15 +23,22 @@ def _pull(config: Config) -> tuple[str, ...]:
 
 def build_vllm(config: Config, layout: Layout, model: Model) -> ContainerSpec:
     args: list[str] = [
-        "--model", model.model,
-        "--served-model-name", model.served_name,
+        "--model",
+        model.model,
+        "--served-model-name",
+        model.served_name,
         # 0.0.0.0 inside the container only: podman publishes the port on 127.0.0.1
-        "--host", "0.0.0.0",
-        "--port", "8000",
-        "--max-model-len", str(model.max_model_len),
-        "--gpu-memory-utilization", f"{model.gpu_memory_utilization:g}",
-        "--tensor-parallel-size", str(model.tensor_parallel_size),
-    ]  # fmt: skip
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+        "--max-model-len",
+        str(model.max_model_len),
+        "--gpu-memory-utilization",
+        f"{model.gpu_memory_utilization:g}",
+        "--tensor-parallel-size",
+        str(model.tensor_parallel_size),
+    ]
     args += model.extra_args
     devices = (
         ("nvidia.com/gpu=all",)
@@ -56,7 +63,7 @@ def build_vllm(config: Config, layout: Layout, model: Model) -> ContainerSpec:
         ),
         # the image has python but not necessarily curl
         health_cmd=(
-            "python3 -c \"import urllib.request; "
+            'python3 -c "import urllib.request; '
             "urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=5)\""
         ),
         labels=(("io.liminati.service", "vllm"), ("io.liminati.model", model.served_name)),
@@ -82,11 +89,14 @@ def build_webui(config: Config, layout: Layout) -> ContainerSpec:
             ("ENABLE_SIGNUP", "false"),
             ("WEBUI_URL", f"https://webui.{config.domain}"),
             ("CORS_ALLOW_ORIGIN", f"https://webui.{config.domain}"),
-            ("OPENAI_API_BASE_URLS", ";".join(f"http://127.0.0.1:{m.port}/v1" for m in config.models)),
+            (
+                "OPENAI_API_BASE_URLS",
+                ";".join(f"http://127.0.0.1:{m.port}/v1" for m in config.models),
+            ),
             ("SCARF_NO_ANALYTICS", "true"),
             ("DO_NOT_TRACK", "true"),
             ("ANONYMIZED_TELEMETRY", "false"),
-        ),  # fmt: skip
+        ),
         drop_caps=("ALL",),
         add_caps=("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"),
         health_cmd=f"curl -fsS http://127.0.0.1:{WEBUI_INNER}/health",
@@ -107,7 +117,14 @@ def build_nginx(config: Config, layout: Layout, listen_ip: str) -> ContainerSpec
         name="nginx-proxy",
         image=config.images.nginx,
         # our own entrypoint: the image's wrapper scripts would try to edit a read-only conf.d
-        exec_args=("-p", f"{NGINX_PREFIX}/", "-c", f"{NGINX_PREFIX}/nginx.conf", "-g", "daemon off;"),
+        exec_args=(
+            "-p",
+            f"{NGINX_PREFIX}/",
+            "-c",
+            f"{NGINX_PREFIX}/nginx.conf",
+            "-g",
+            "daemon off;",
+        ),
         publish=(
             f"{listen_ip}:{config.ports.https}:{INNER.https}",
             f"{listen_ip}:{config.ports.http}:{INNER.http}",
@@ -135,7 +152,7 @@ def build_nginx(config: Config, layout: Layout, listen_ip: str) -> ContainerSpec
         exec_reload=("/usr/bin/podman", "exec", "nginx-proxy", "nginx", "-s", "reload"),
         timeout_start_sec=120,
         timeout_stop_sec=30,
-    )  # fmt: skip
+    )
 
 
 def build_dnsmasq(config: Config, layout: Layout, listen_ip: str) -> ContainerSpec:

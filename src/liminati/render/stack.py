@@ -50,8 +50,9 @@ class _Builder:
     def dir(self, path: P, owner: str, mode: int = PRIVATE_DIR) -> None:
         self.dirs.setdefault(str(path), DirSpec(str(path), owner, owner, mode))
 
-    def file(self, path: P, content: str | bytes, owner: str, mode: int = PUBLIC_FILE,
-             **kw: object) -> None:  # fmt: skip
+    def file(
+        self, path: P, content: str | bytes, owner: str, mode: int = PUBLIC_FILE, **kw: object
+    ) -> None:
         data = content.encode() if isinstance(content, str) else content
         self.files.append(FileSpec(str(path), data, owner, owner, mode, **kw))  # type: ignore[arg-type]
 
@@ -65,12 +66,24 @@ def build_desired(config: Config, listen_ip: str, material: Material) -> Desired
     b.dir(layout.state_dir, ROOT)
     b.dir(layout.pki_dir, ROOT)
     b.dir(layout.secrets_dir, ROOT)
-    b.file(layout.ca_key, material.ca_key_pem, ROOT, CA_KEY_MODE, secret=True,
-           policy=Policy.GENERATE_ONCE)  # fmt: skip
+    b.file(
+        layout.ca_key,
+        material.ca_key_pem,
+        ROOT,
+        CA_KEY_MODE,
+        secret=True,
+        policy=Policy.GENERATE_ONCE,
+    )
     b.file(layout.ca_cert, material.ca_cert_pem, ROOT, PUBLIC_FILE, policy=Policy.GENERATE_ONCE)
     for name in SECRET_NAMES:
-        b.file(layout.secrets_dir / name, material.secrets[name] + "\n", ROOT, PRIVATE_FILE,
-               secret=True, policy=Policy.GENERATE_ONCE)  # fmt: skip
+        b.file(
+            layout.secrets_dir / name,
+            material.secrets[name] + "\n",
+            ROOT,
+            PRIVATE_FILE,
+            secret=True,
+            policy=Policy.GENERATE_ONCE,
+        )
     # rootless containers publish 53, 80 and 443 themselves (DESIGN.md decision 9)
     lowest = min(config.ports.dns, config.ports.http, config.ports.https, config.ports.dist)
     b.file(
@@ -106,9 +119,14 @@ def build_desired(config: Config, listen_ip: str, material: Material) -> Desired
         spec = build_vllm(config, layout, model)
         unit = quadlet(users.vllm, spec, config.images.vllm)
         units.append(unit)
-        b.file(layout.vllm_env(model), _env_file([("VLLM_API_KEY", internal_key)]),
-               users.vllm.name, PRIVATE_FILE, secret=True,
-               units=(UnitRef(users.vllm.name, unit.unit),))  # fmt: skip
+        b.file(
+            layout.vllm_env(model),
+            _env_file([("VLLM_API_KEY", internal_key)]),
+            users.vllm.name,
+            PRIVATE_FILE,
+            secret=True,
+            units=(UnitRef(users.vllm.name, unit.unit),),
+        )
 
     # Open WebUI: talks to vLLM on loopback with the internal key; admin from the secrets
     home(users.webui)
@@ -122,8 +140,14 @@ def build_desired(config: Config, listen_ip: str, material: Material) -> Desired
         ("WEBUI_ADMIN_NAME", config.webui.admin_name),
         ("WEBUI_ADMIN_PASSWORD", material.secrets["webui-admin-password"]),
     ]
-    b.file(layout.webui_env, _env_file(webui_env), users.webui.name, PRIVATE_FILE, secret=True,
-           units=(UnitRef(users.webui.name, unit.unit),))  # fmt: skip
+    b.file(
+        layout.webui_env,
+        _env_file(webui_env),
+        users.webui.name,
+        PRIVATE_FILE,
+        secret=True,
+        units=(UnitRef(users.webui.name, unit.unit),),
+    )
 
     # nginx: config tree, certificates, client downloads
     home(users.nginx)
@@ -136,22 +160,43 @@ def build_desired(config: Config, listen_ip: str, material: Material) -> Desired
     b.dir(layout.nginx_home / "tmp", users.nginx.name, 0o700)
     for rel, text in render_nginx(config, material.api_keys, internal_key).items():
         secret = rel in SECRET_FILES
-        b.file(layout.nginx_home / rel, text, users.nginx.name,
-               PRIVATE_FILE if secret else PUBLIC_FILE, secret=secret, units=reload)  # fmt: skip
+        b.file(
+            layout.nginx_home / rel,
+            text,
+            users.nginx.name,
+            PRIVATE_FILE if secret else PUBLIC_FILE,
+            secret=secret,
+            units=reload,
+        )
     b.file(layout.leaf_cert, material.leaf_cert_pem, users.nginx.name, units=reload)
-    b.file(layout.leaf_key, material.leaf_key_pem, users.nginx.name, PRIVATE_FILE, secret=True,
-           units=reload)  # fmt: skip
+    b.file(
+        layout.leaf_key,
+        material.leaf_key_pem,
+        users.nginx.name,
+        PRIVATE_FILE,
+        secret=True,
+        units=reload,
+    )
     b.file(layout.dist_ca, material.ca_cert_pem, users.nginx.name)
-    b.file(layout.dist_dir / "install-client.sh",
-           render_client_script(config, listen_ip, material.ca_sha256), users.nginx.name)  # fmt: skip
+    b.file(
+        layout.dist_dir / "install-client.sh",
+        render_client_script(config, listen_ip, material.ca_sha256),
+        users.nginx.name,
+    )
 
     # dnsmasq
     home(users.dnsmasq)
-    dns_unit = quadlet(users.dnsmasq, build_dnsmasq(config, layout, listen_ip), config.images.dnsmasq)
+    dns_unit = quadlet(
+        users.dnsmasq, build_dnsmasq(config, layout, listen_ip), config.images.dnsmasq
+    )
     units.append(dns_unit)
     b.dir(layout.dnsmasq_hosts, users.dnsmasq.name, 0o755)
-    b.file(layout.dnsmasq_conf, render_dnsmasq(config, listen_ip), users.dnsmasq.name,
-           units=(UnitRef(users.dnsmasq.name, dns_unit.unit),))  # fmt: skip
+    b.file(
+        layout.dnsmasq_conf,
+        render_dnsmasq(config, listen_ip),
+        users.dnsmasq.name,
+        units=(UnitRef(users.dnsmasq.name, dns_unit.unit),),
+    )
 
     service_users = tuple(
         UserSpec(u.name, u.home) for u in (users.vllm, users.webui, users.nginx, users.dnsmasq)

@@ -1,0 +1,5 @@
+"""`python -m liminati.cli`."""
+
+from liminati.cli.main import run
+
+run()
