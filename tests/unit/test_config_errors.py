@@ -8,12 +8,11 @@ config file's path.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-RunCli = Callable[..., tuple[int, str, str]]
+from conftest import RunCli
 
 TAILNET_IP = "100.64.0.10"
 
@@ -275,7 +274,8 @@ CASES = [
     ),
     pytest.param(
         '[nginx]\ntls_curves = "X25519;rm"',
-        "nginx.tls_curves = 'X25519;rm': must be curve names separated by ':' like X25519:prime256v1",
+        "nginx.tls_curves = 'X25519;rm': "
+        "must be curve names separated by ':' like X25519:prime256v1",
         id="tls-curves",
     ),
     pytest.param(
@@ -291,7 +291,8 @@ CASES = [
     ),
     pytest.param(
         "[ports\nhttps = 1",
-        "<file>: not valid TOML: Expected ']' at the end of a table declaration (at line 1, column 7)",
+        "<file>: not valid TOML: "
+        "Expected ']' at the end of a table declaration (at line 1, column 7)",
         id="toml-unclosed-table",
     ),
 ]
@@ -412,7 +413,7 @@ def test_other_commands_reject_bad_config(
 
 def test_config_accepts_non_tailnet_ip_when_allowed(tmp_path: Path, run_cli: RunCli) -> None:
     config = _write(tmp_path, 'listen_ip = "192.168.1.10"\nallow_non_tailnet_ip = true')
-    code, out, err = run_cli(
+    code, _out, err = run_cli(
         "plan", "--root", str(tmp_path / "root"), "--config", str(config), "--no-diff"
     )
     assert (code, err.splitlines()[0]) == (
