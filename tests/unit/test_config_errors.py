@@ -24,7 +24,7 @@ LINUX_USER = (
     "must be a Linux user name: lowercase letters, digits, '_' or '-', "
     "starting with a letter or '_', at most 32 characters"
 )
-HOME_PATH = "must be an absolute path without spaces, '..' or a trailing '/'"
+HOME_PATH = "must be an absolute path without spaces, '.', '..', '//' or a trailing '/'"
 MODEL_ID = (
     "must be a Hugging Face id like Qwen/Qwen2.5-7B-Instruct or an absolute path: "
     "letters, digits, '.', '_', '-' and '/' only"
@@ -67,7 +67,7 @@ CASES = [
     ),
     pytest.param(
         f'domain = "{"a" * 64}.internal"',
-        f"domain = '{'a' * 64}.i...: label '{'a' * 20}'... is over 63 characters",
+        f"domain = '{'a' * 60}'...: label '{'a' * 20}'... is over 63 characters",
         id="domain-label-over-63",
     ),
     pytest.param(
@@ -84,7 +84,7 @@ CASES = [
         f"domain = 'liminati.internal.': {DNS_LABELS}",
         id="domain-trailing-dot",
     ),
-    pytest.param("domain = 5", "domain = 5: must be a valid string", id="domain-not-a-string"),
+    pytest.param("domain = 5", "domain = 5: must be a string", id="domain-not-a-string"),
     # --- ports --------------------------------------------------------------------------------
     pytest.param("[ports]\nhttps = 0", "ports.https = 0: must be at least 1", id="port-zero"),
     pytest.param(
@@ -93,7 +93,7 @@ CASES = [
     pytest.param("[ports]\nhttp = -1", "ports.http = -1: must be at least 1", id="port-negative"),
     pytest.param(
         '[ports]\ndist = "eighty"',
-        "ports.dist = 'eighty': must be a valid integer, unable to parse string as an integer",
+        "ports.dist = 'eighty': must be an integer",
         id="port-string",
     ),
     pytest.param(
@@ -152,14 +152,14 @@ CASES = [
     pytest.param(
         _user("webui-user"),
         # the value shown is the whole [users] table, not the field (reported as unclear)
-        "users = {'vllm': {'name': 'webui-user', 'home': '/var/lib/vllm'}}: "
-        "each service needs its own user name; 'webui-user' is used twice",
+        "users.webui.name = 'webui-user': already the vllm service's; "
+        "each service needs a user name of its own",
         id="user-name-twice",
     ),
     pytest.param(
         _user("vllm-user", "/var/lib/webui"),
-        "users = {'vllm': {'name': 'vllm-user', 'home': '/var/lib/webui'}}: "
-        "each service needs its own user home; '/var/lib/webui' is used twice",
+        "users.webui.home = '/var/lib/webui': already the vllm service's; "
+        "each service needs a user home of its own",
         id="user-home-twice",
     ),
     pytest.param(_user("vllm-user", "/"), f"users.vllm.home = '/': {HOME_PATH}", id="home-root"),
@@ -223,7 +223,7 @@ CASES = [
     ),
     pytest.param(
         '[[models]]\nextra_args = "--foo"',
-        "models[0].extra_args = '--foo': must be a valid tuple",
+        "models[0].extra_args = '--foo': must be a list",
         id="model-extra-args-not-a-list",
     ),
     pytest.param(
@@ -433,3 +433,55 @@ def test_config_accepts_non_tailnet_listen_ip_option_when_allowed(
     )
     assert (code, err) == (0, "")
     assert json.loads(out)["listen_ip"] == "10.0.0.5"
+
+
+# Values a first version accepted: each must now be refused with one line.
+REFUSED_NOW = [
+    pytest.param('[users.vllm]\nname = "root"\nhome = "/var/lib/x"',
+                 "users.vllm.name = 'root': must be an unprivileged account of its own, "
+                 "not a system account", id="user-root"),
+    pytest.param('[users.vllm]\nname = "x"\nhome = "/proc/x"',
+                 "users.vllm.home = '/proc/x': must be a directory of its own, "
+                 "like /var/lib/<service>", id="home-in-proc"),
+    pytest.param('[users.vllm]\nname = "x"\nhome = "/var/./lib"',
+                 f"users.vllm.home = '/var/./lib': {HOME_PATH}", id="home-dot"),
+    pytest.param('[ports]\ndist = "8080"', "ports.dist = '8080': must be an integer",
+                 id="port-string-number"),
+    pytest.param("[ports]\ndist = 8080.0", "ports.dist = 8080.0: must be an integer",
+                 id="port-float"),
+    pytest.param("[ports]\ndist = true", "ports.dist = True: must be an integer", id="port-bool"),
+    pytest.param('allow_non_tailnet_ip = "yes"',
+                 "allow_non_tailnet_ip = 'yes': must be a boolean", id="bool-string"),
+    pytest.param('[[models]]\nextra_args = ["--host", "0.0.0.0"]',
+                 "models[0].extra_args = ['--host', '0.0.0.0']: --host is managed by liminati: "
+                 "vLLM is published on 127.0.0.1 only", id="extra-args-host"),
+    pytest.param('[[models]]\nextra_args = ["--api-key=x"]',
+                 "models[0].extra_args = ['--api-key=x']: --api-key is managed by liminati: "
+                 "the internal key is generated and kept secret by liminati",
+                 id="extra-args-api-key"),
+    pytest.param('[users.vllm]\nname = "vllmx"',
+                 "users.vllm.home: missing; [users.vllm] needs it when given", id="user-no-home"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "line"), REFUSED_NOW)
+def test_config_refuses_values_once_accepted(
+    run_cli: RunCli, tmp_path: Path, text: str, line: str
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(text + "\n")
+    root = tmp_path / "root"
+    code, out, err = run_cli("install", "--root", str(root), "--config", str(config),
+                             "--listen-ip", TAILNET_IP)  # fmt: skip
+    assert code == 2
+    assert out == ""
+    assert err.splitlines()[0] == f"error: {line}"
+    assert not root.exists()
+
+
+def test_config_accepts_absolute_model_path(run_cli: RunCli, tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[[models]]\nmodel = "/models/qwen"\n')
+    code, out, _ = run_cli("config", "show", "--json", "--config", str(config))
+    assert code == 0
+    assert json.loads(out)["models"][0]["model"] == "/models/qwen"

@@ -254,7 +254,14 @@ def install(ctx: Context, force: bool, no_start: bool) -> int:
 # --- config -------------------------------------------------------------------------------------
 
 
-@cli.group()
+@cli.group(
+    epilog="""
+\b
+Examples:
+  liminati config show
+  liminati config show --json --config ./liminati.toml
+"""
+)
 def config() -> None:
     """Inspect the configuration."""
 

