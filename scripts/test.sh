@@ -18,6 +18,9 @@ T1="$(now)"
 # shellcheck source=/dev/null
 source "$LIMINATI_CACHE/test-env.sh"
 
+# a missing validator is a failure, never a skip
+export LIMINATI_REQUIRE_VALIDATORS=1
+
 set +e
 "$REPO_ROOT/.venv/bin/python" -m pytest "$@"
 rc=$?
