@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import pytest
 
-from conftest import RunCli
+from clitools import RunCli
 from liminati import __version__
 from liminati.cli.main import cli
 

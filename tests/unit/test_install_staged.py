@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RunCli
+from clitools import RunCli
 
 IP = "100.64.0.10"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RunCli
+from clitools import RunCli
 from golden_tree import CASES, GOLDEN, UPDATE, render_case
 from liminati.apply.validate import split_dryrun, validate
 from liminati.errors import ValidationError

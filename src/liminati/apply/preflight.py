@@ -7,8 +7,12 @@ import re
 from liminati.config import Config
 from liminati.executor import Executor
 
-#: quadlet arrived in podman 4.4 (DESIGN.md decision 1)
+#: quadlet arrived in podman 4.4
 PODMAN_FLOOR = (4, 4)
+ROOT_PROBLEM = (
+    "not running as root: run `sudo liminati install` "
+    "(or `liminati install --root DIR` to stage into a folder)"
+)
 
 
 def podman_version(text: str) -> tuple[int, int, int] | None:
@@ -24,10 +28,7 @@ def preflight(executor: Executor, config: Config, listen_ip: str, own_uids: set[
         return []
     problems = []
     if not executor.is_root():
-        problems.append(
-            "not running as root: run `sudo liminati install` "
-            "(or `liminati install --root DIR` to stage into a folder)"
-        )
+        problems.append(ROOT_PROBLEM)
     if not executor.systemd_running():
         problems.append(
             "systemd is not running as PID 1: liminati runs services as systemd "
@@ -43,7 +44,8 @@ def preflight(executor: Executor, config: Config, listen_ip: str, own_uids: set[
         result = executor.run_tool([podman, "--version"])
         version = podman_version(result.stdout)
         if version is None:
-            problems.append(f"could not read podman's version from {result.stdout.strip()!r}")
+            said = (result.stdout or result.stderr).strip().splitlines()
+            problems.append(f"`podman --version` failed: {said[-1] if said else result.returncode}")
         elif version[:2] < PODMAN_FLOOR:
             shown = ".".join(map(str, version))
             problems.append(

@@ -17,7 +17,7 @@ import click
 
 from liminati import __version__, output
 from liminati.apply.engine import Pass, real_generators, run_pass
-from liminati.apply.preflight import preflight
+from liminati.apply.preflight import ROOT_PROBLEM, preflight
 from liminati.apply.run import apply_plan
 from liminati.apply.validate import groups_of, validate
 from liminati.config import DEFAULT_PATH, Config, dump_config, parse_config, to_toml
@@ -189,6 +189,9 @@ def install(ctx: Context, force: bool, no_start: bool) -> int:
     """Converge the host: users, subids, linger, files, certificates, units. Safe to re-run."""
     x, config = ctx.executor, ctx.config
     layout = Layout(config)
+    if not x.staged and not x.is_root():
+        # before anything reads root-only state: say what is wrong, not "permission denied"
+        raise PreflightError([ROOT_PROBLEM])
     users = [config.users.vllm, config.users.webui, config.users.nginx, config.users.dnsmasq]
     own_uids = {u.uid for u in (x.user(s.name) for s in users) if u is not None}
     first = run_pass(

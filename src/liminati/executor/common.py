@@ -128,7 +128,10 @@ def which(name: str) -> str | None:
 def read(path: Path) -> bytes | None:
     try:
         return path.read_bytes()
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
-    except IsADirectoryError:
-        return None
+    except PermissionError:
+        raise HostError(
+            f"cannot read {path}: permission denied",
+            hint="run liminati as root (sudo), or use --root DIR for a staged install",
+        ) from None

@@ -7,6 +7,7 @@ import grp
 import os
 import pwd
 import stat as statmod
+import time
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
@@ -14,6 +15,9 @@ from liminati.errors import HostError
 from liminati.executor import common
 from liminati.executor.base import Executor, FileState, RunResult, Socket, SubIdRange, UserState
 from liminati.executor.sockets import listening_sockets
+
+#: seconds to wait for logind to start a lingering user's systemd manager
+USER_MANAGER_TIMEOUT = 60
 
 
 def _uid(owner: str) -> int:
@@ -155,6 +159,20 @@ class HostExecutor(Executor):
 
     def enable_linger(self, name: str) -> None:
         self._must(["loginctl", "enable-linger", name], f"enabling linger for {name}")
+        # logind starts the user's manager asynchronously; `systemctl --user -M` needs it up
+        user = self.user(name)
+        if user is None:
+            return
+        unit = f"user@{user.uid}.service"
+        deadline = time.monotonic() + USER_MANAGER_TIMEOUT
+        while time.monotonic() < deadline:
+            if common.run(["systemctl", "is-active", "--quiet", unit]).ok:
+                return
+            time.sleep(0.2)
+        raise HostError(
+            f"the systemd user manager of {name} ({unit}) did not start",
+            hint=f"see `journalctl -u {unit}`; linger is enabled, so a reboot also starts it",
+        )
 
     def systemctl_user(self, user: str, *args: str, check: bool = True) -> RunResult:
         argv = ["systemctl", "--user", "-M", f"{user}@", *args]
