@@ -18,7 +18,7 @@ set -euo pipefail
 # ---------------------------------------------------------------------------------------------
 # The inputs. Changing any of them changes the hash and so builds a new root filesystem.
 SUITE=trixie
-# TESTING.md tier 4, plus: python3-venv (ensurepip, for `python3 -m venv /opt/liminati`),
+# The system tier's packages, plus: python3-venv (ensurepip, for `python3 -m venv /opt/liminati`),
 # procps (ps/pgrep when debugging a test), dbus-user-session (the user bus for `systemctl
 # --user -M user@`).
 PACKAGES=(

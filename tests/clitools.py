@@ -17,7 +17,17 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 RunCli = Callable[..., tuple[int, str, str]]
 
 
-def make_env() -> Env:
+class Clock:
+    """A clock a test can move: `clock.now += timedelta(days=340)`."""
+
+    def __init__(self, now: datetime = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def make_env(clock: Callable[[], datetime] = lambda: NOW) -> Env:
     """An Env with a fixed clock and counters in place of randomness.
 
     The counters live outside the factory so that the two passes of one `install` (before
@@ -33,4 +43,4 @@ def make_env() -> Env:
             token=lambda: f"test-token-{next(tokens):04d}",
         )
 
-    return Env(now=lambda: NOW, generators=generators, strict_validators=False)
+    return Env(now=clock, generators=generators, strict_validators=False)

@@ -8,6 +8,7 @@ from pathlib import Path
 from liminati import pki
 from liminati.config import Config, parse_config
 from liminati.render import Desired, Material, build_desired
+from liminati.render.stack import DEFAULT_PROGRAM
 
 GOLDEN = Path(__file__).parent / "golden"
 FIXTURES = GOLDEN / "fixtures"
@@ -37,9 +38,9 @@ def fixture_material() -> Material:
     )
 
 
-def render_case(case: str) -> tuple[Config, Desired]:
+def render_case(case: str, program: tuple[str, ...] = DEFAULT_PROGRAM) -> tuple[Config, Desired]:
     config = case_config(case)
-    return config, build_desired(config, config.listen_ip, fixture_material())
+    return config, build_desired(config, config.listen_ip, fixture_material(), program)
 
 
 def tree_of(desired: Desired, material: Material) -> dict[str, bytes]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class ExitCode:
-    """Process exit statuses (DESIGN.md section 3)."""
+    """Process exit statuses, as the README lists them."""
 
     OK = 0
     FAILURE = 1

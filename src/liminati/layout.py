@@ -57,6 +57,22 @@ class Layout:
         return self.pki_dir / "ca.crt"
 
     @property
+    def previous_ca(self) -> P:
+        return self.pki_dir / "previous-ca.crt"
+
+    @property
+    def retired_dir(self) -> P:
+        return self.pki_dir / "retired"
+
+    @property
+    def renew_service(self) -> P:
+        return P("/etc/systemd/system/liminati-cert-renew.service")
+
+    @property
+    def renew_timer(self) -> P:
+        return P("/etc/systemd/system/liminati-cert-renew.timer")
+
+    @property
     def sysctl_dropin(self) -> P:
         return P("/etc/sysctl.d/60-liminati-unprivileged-ports.conf")
 
@@ -106,6 +122,10 @@ class Layout:
     @property
     def dist_ca(self) -> P:
         return self.nginx_ssl / "dist" / "liminati-ca.crt"
+
+    @property
+    def dist_previous_ca(self) -> P:
+        return self.nginx_ssl / "dist" / "liminati-ca-previous.crt"
 
     @property
     def dist_dir(self) -> P:

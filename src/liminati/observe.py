@@ -23,6 +23,7 @@ def observe_existing(executor: Executor, config: Config) -> Existing:
         leaf_cert=executor.read(layout.leaf_cert),
         leaf_key=executor.read(layout.leaf_key),
         secrets={name: text(name) for name in SECRET_NAMES},
+        previous_ca=executor.read(layout.previous_ca),
     )
 
 

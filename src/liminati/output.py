@@ -63,8 +63,6 @@ def summary(plan: Plan) -> str:
 
 
 def print_plan(plan: Plan, *, diffs: bool = True) -> None:
-    for note in plan.notes:
-        data(f"  {note}")
     for a in plan.actions:
         data(action_line(a))
     if diffs:
@@ -84,7 +82,6 @@ def plan_json(plan: Plan) -> dict[str, Any]:
     return {
         "changes": len(plan.changes),
         "drift": len(plan.drift),
-        "notes": list(plan.notes),
         "actions": [
             {
                 "kind": a.kind,
@@ -97,3 +94,33 @@ def plan_json(plan: Plan) -> dict[str, Any]:
             for a in plan.actions
         ],
     }
+
+
+def print_cert_status(status: dict[str, Any]) -> None:
+    data(f"domain: {status['domain']}")
+    for label in ("ca", "leaf", "previous_ca"):
+        cert = status.get(label)
+        if not isinstance(cert, dict):
+            continue
+        data("")
+        data(f"{label.replace('_', ' ')}:")
+        data(f"  subject      {cert['subject']}")
+        data(f"  issuer       {cert['issuer']}")
+        data(f"  serial       {cert['serial']}")
+        data(f"  sha256       {cert['sha256']}")
+        data(
+            f"  valid        {cert['not_before']} .. {cert['not_after']} "
+            f"({cert['days_left']} days left)"
+        )
+        if cert["san"]:
+            data(f"  names        {', '.join(cert['san'])}")
+        if cert["ca"]:
+            permitted = ", ".join(cert["permitted_dns"]) or "(unconstrained)"
+            data(
+                f"  CA           path length {cert['path_length']}, "
+                f"permitted names {permitted}, no IP addresses"
+            )
+        if "matches_key" in cert:
+            data(f"  key          {'matches' if cert['matches_key'] else 'DOES NOT MATCH'}")
+            chain = "signed by the CA" if cert["chains_to_ca"] else "NOT signed by the CA"
+            data(f"  chain        {chain}")

@@ -1,7 +1,7 @@
 """Boot the tier-4 Debian 13 root filesystem with systemd-nspawn and run commands inside it.
 
 Only the standard library: this module is test infrastructure, not part of liminati. It runs as
-root on the host (systemd-nspawn, nsenter, chmod on /dev nodes). See TESTING.md, tier 4.
+root on the host (systemd-nspawn, nsenter, chmod on /dev nodes). See the README, "Testing".
 
     rootfs = build_rootfs(repo)            # scripts/build-rootfs.sh, cached
     with BootedSystem(rootfs) as system:
@@ -32,7 +32,7 @@ from typing import Self
 
 DEFAULT_CACHE = Path("/var/cache/liminati-test")
 
-# The exact invocation from TESTING.md (tier 4); each flag was needed there:
+# The invocation of the system tier; each flag was needed:
 # --register=no --keep-unit: the container has no bus otherwise (no systemd/machined on the host);
 # --private-network: /proc/sys writable, and nothing leaves the machine;
 # the two binds: pasta needs /dev/net/tun, fuse-overlayfs /dev/fuse;
@@ -585,7 +585,7 @@ class BootedSystem:
     def adopt_host_link(self, name: str) -> None:
         """Move a host-side link (one end of a veth pair) into the container's namespace.
 
-        nspawn's own --network-interface waits for udev, which this host lacks (TESTING.md).
+        nspawn's own --network-interface waits for udev, which this host lacks.
         """
         subprocess.run(["ip", "link", "set", name, "netns", str(self.pid1)], check=True)
 

@@ -126,7 +126,7 @@ def test_harness_tailnet_interface_stays_inside(booted_system: BootedSystem) -> 
 
 
 def test_harness_tailnet_peer_reaches_the_system(booted_system: BootedSystem) -> None:
-    """A client namespace joined by a veth pair plays a tailnet peer (TESTING.md, tier 2/4)."""
+    """A client namespace joined by a veth pair plays a tailnet peer."""
     peer = f"liminati-peer-{os.getpid()}"
     booted_system.add_tailnet_interface(
         "tailscale0", "100.64.0.10/32", peer_netns=peer, peer_address="100.64.0.20/32"
@@ -166,7 +166,7 @@ def test_harness_tailnet_peer_reaches_the_system(booted_system: BootedSystem) ->
             check=False,
         )
         assert fetched.stdout.strip() == "liminati-test", fetched.stderr
-        # The server saw the peer's own address, as nginx must (DESIGN.md section 2).
+        # The server saw the peer's own address, as nginx must.
         booted_system.wait_until(
             ["sh", "-c", "journalctl -u peer-probe -o cat | grep -q '^100.64.0.20 '"], timeout=10
         )

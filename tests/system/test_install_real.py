@@ -32,7 +32,7 @@ STAGE_ARGS = ["--listen-ip", LISTEN_IP, "--no-start"]
 INSTALL = ["liminati", "install", *STAGE_ARGS]
 PLAN = ["liminati", "plan", "--listen-ip", LISTEN_IP, "--no-start"]
 
-#: user -> (home, the quadlet it gets); DESIGN.md section 2
+#: user -> (home, the quadlet it gets); the layout table in the README
 SERVICES = {
     "vllm-user": ("/var/lib/vllm", "vllm-qwen"),
     "webui-user": ("/var/lib/webui", "open-webui"),

@@ -437,31 +437,52 @@ def test_config_accepts_non_tailnet_listen_ip_option_when_allowed(
 
 # Values a first version accepted: each must now be refused with one line.
 REFUSED_NOW = [
-    pytest.param('[users.vllm]\nname = "root"\nhome = "/var/lib/x"',
-                 "users.vllm.name = 'root': must be an unprivileged account of its own, "
-                 "not a system account", id="user-root"),
-    pytest.param('[users.vllm]\nname = "x"\nhome = "/proc/x"',
-                 "users.vllm.home = '/proc/x': must be a directory of its own, "
-                 "like /var/lib/<service>", id="home-in-proc"),
-    pytest.param('[users.vllm]\nname = "x"\nhome = "/var/./lib"',
-                 f"users.vllm.home = '/var/./lib': {HOME_PATH}", id="home-dot"),
-    pytest.param('[ports]\ndist = "8080"', "ports.dist = '8080': must be an integer",
-                 id="port-string-number"),
-    pytest.param("[ports]\ndist = 8080.0", "ports.dist = 8080.0: must be an integer",
-                 id="port-float"),
+    pytest.param(
+        '[users.vllm]\nname = "root"\nhome = "/var/lib/x"',
+        "users.vllm.name = 'root': must be an unprivileged account of its own, "
+        "not a system account",
+        id="user-root",
+    ),
+    pytest.param(
+        '[users.vllm]\nname = "x"\nhome = "/proc/x"',
+        "users.vllm.home = '/proc/x': must be a directory of its own, like /var/lib/<service>",
+        id="home-in-proc",
+    ),
+    pytest.param(
+        '[users.vllm]\nname = "x"\nhome = "/var/./lib"',
+        f"users.vllm.home = '/var/./lib': {HOME_PATH}",
+        id="home-dot",
+    ),
+    pytest.param(
+        '[ports]\ndist = "8080"', "ports.dist = '8080': must be an integer", id="port-string-number"
+    ),
+    pytest.param(
+        "[ports]\ndist = 8080.0", "ports.dist = 8080.0: must be an integer", id="port-float"
+    ),
     pytest.param("[ports]\ndist = true", "ports.dist = True: must be an integer", id="port-bool"),
-    pytest.param('allow_non_tailnet_ip = "yes"',
-                 "allow_non_tailnet_ip = 'yes': must be a boolean", id="bool-string"),
-    pytest.param('[[models]]\nextra_args = ["--host", "0.0.0.0"]',
-                 "models[0].extra_args = ['--host', '0.0.0.0']: --host is managed by liminati: "
-                 "vLLM is published on 127.0.0.1 only", id="extra-args-host"),
-    pytest.param('[[models]]\nextra_args = ["--api-key=x"]',
-                 "models[0].extra_args = ['--api-key=x']: --api-key is managed by liminati: "
-                 "the internal key is generated and kept secret by liminati",
-                 id="extra-args-api-key"),
-    pytest.param('[users.vllm]\nname = "vllmx"',
-                 "users.vllm.home: missing; [users.vllm] needs it when given", id="user-no-home"),
-]  # fmt: skip
+    pytest.param(
+        'allow_non_tailnet_ip = "yes"',
+        "allow_non_tailnet_ip = 'yes': must be a boolean",
+        id="bool-string",
+    ),
+    pytest.param(
+        '[[models]]\nextra_args = ["--host", "0.0.0.0"]',
+        "models[0].extra_args = ['--host', '0.0.0.0']: --host is managed by liminati: "
+        "vLLM is published on 127.0.0.1 only",
+        id="extra-args-host",
+    ),
+    pytest.param(
+        '[[models]]\nextra_args = ["--api-key=x"]',
+        "models[0].extra_args = ['--api-key=x']: --api-key is managed by liminati: "
+        "the internal key is generated and kept secret by liminati",
+        id="extra-args-api-key",
+    ),
+    pytest.param(
+        '[users.vllm]\nname = "vllmx"',
+        "users.vllm.home: missing; [users.vllm] needs it when given",
+        id="user-no-home",
+    ),
+]
 
 
 @pytest.mark.parametrize(("text", "line"), REFUSED_NOW)
@@ -471,8 +492,9 @@ def test_config_refuses_values_once_accepted(
     config = tmp_path / "c.toml"
     config.write_text(text + "\n")
     root = tmp_path / "root"
-    code, out, err = run_cli("install", "--root", str(root), "--config", str(config),
-                             "--listen-ip", TAILNET_IP)  # fmt: skip
+    code, out, err = run_cli(
+        "install", "--root", str(root), "--config", str(config), "--listen-ip", TAILNET_IP
+    )
     assert code == 2
     assert out == ""
     assert err.splitlines()[0] == f"error: {line}"

@@ -53,15 +53,52 @@ def test_install_staged_idempotency_triple(run_cli: RunCli, tmp_path: Path) -> N
 
     # a config change: plan shows it and exits 3, and leaves the tree byte-identical
     config = tmp_path / "changed.toml"
-    config.write_text('domain = "other.internal"\n')
+    config.write_text('[webui]\nclient_max_body_size = "250m"\n')
     code, out, err = run_cli(
-        "plan", "--root", str(root), "--listen-ip", IP, "--config", str(config),
+        "plan",
+        "--root",
+        str(root),
+        "--listen-ip",
+        IP,
+        "--config",
+        str(config),
         "--detailed-exitcode",
-    )  # fmt: skip
+    )
     assert code == 3, err
-    assert "+    server_name webui.other.internal;" in out
-    assert "leaf issued: leaf names" in out
+    assert "-    client_max_body_size 100m;" in out
+    assert "+    client_max_body_size 250m;" in out
+    assert "~ reload    unit          nginx-user/nginx-proxy.service" in out
     assert snapshot(root) == before
+
+
+def test_install_staged_refuses_a_domain_the_ca_cannot_vouch_for(
+    run_cli: RunCli, tmp_path: Path
+) -> None:
+    """The CA is name-constrained: a leaf for another domain would be refused by every client,
+    so the change stops with the way out, and nothing is touched."""
+    root = tmp_path / "root"
+    assert run_cli("install", "--root", str(root), "--listen-ip", IP)[0] == 0
+    before = snapshot(root)
+    config = tmp_path / "c.toml"
+    config.write_text('domain = "other.internal"\n')
+    for verb in ("plan", "install"):
+        code, _out, err = run_cli(
+            verb, "--root", str(root), "--listen-ip", IP, "--config", str(config)
+        )
+        assert code == 2, err
+        assert err.splitlines()[0] == (
+            "error: domain = 'other.internal': the CA only vouches for names under "
+            "liminati.internal (its name constraint), so no certificate for other.internal "
+            "would be trusted"
+        )
+        assert "liminati cert rotate-ca --yes" in err
+    assert snapshot(root) == before
+    # a subdomain of the constrained one is inside the CA's reach
+    config.write_text('domain = "lab.liminati.internal"\n')
+    code, _, err = run_cli(
+        "install", "--root", str(root), "--listen-ip", IP, "--config", str(config)
+    )
+    assert code == 0, err
 
 
 def test_install_staged_records_owners_modes_and_host_commands(
@@ -126,19 +163,27 @@ def test_install_staged_drift_is_kept_then_forced(run_cli: RunCli, tmp_path: Pat
 def test_install_staged_keeps_ca_and_secrets_across_runs(run_cli: RunCli, tmp_path: Path) -> None:
     root = tmp_path / "root"
     assert run_cli("install", "--root", str(root), "--listen-ip", IP)[0] == 0
-    keep = ["var/lib/liminati/pki/ca.key", "var/lib/liminati/pki/ca.crt",
-            *(f"var/lib/liminati/secrets/{n}" for n in
-              ("vllm-api-key", "webui-secret-key", "webui-admin-password"))]  # fmt: skip
+    keep = [
+        "var/lib/liminati/pki/ca.key",
+        "var/lib/liminati/pki/ca.crt",
+        *(
+            f"var/lib/liminati/secrets/{n}"
+            for n in ("vllm-api-key", "webui-secret-key", "webui-admin-password")
+        ),
+    ]
     before = {k: (root / k).read_bytes() for k in keep}
-    leaf_before = (root / "var/lib/nginx-proxy/ssl/liminati.crt").read_bytes()
+    leaf = root / "var/lib/nginx-proxy/ssl/liminati.crt"
+    leaf_before = leaf.read_bytes()
     config = tmp_path / "c.toml"
-    config.write_text('domain = "other.internal"\n')
+    config.write_text('domain = "lab.liminati.internal"\n')
     assert (
         run_cli("install", "--root", str(root), "--listen-ip", IP, "--config", str(config))[0] == 0
     )
+    assert leaf.read_bytes() != leaf_before, "the leaf follows the domain"
+    leaf.unlink()
     assert run_cli("install", "--root", str(root), "--listen-ip", IP)[0] == 0
+    assert run_cli("cert", "renew", "--force", "--root", str(root), "--listen-ip", IP)[0] == 0
     assert {k: (root / k).read_bytes() for k in keep} == before
-    assert (root / "var/lib/nginx-proxy/ssl/liminati.crt").read_bytes() != leaf_before
 
 
 KILLER = r"""
@@ -167,18 +212,42 @@ def test_install_staged_killed_midway_converges(tmp_path: Path, kill_at: int) ->
     root = tmp_path / "root"
     argv = ["install", "--root", str(root), "--listen-ip", IP]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
-    killed = subprocess.run([sys.executable, "-c", KILLER, str(kill_at), *argv],
-                            capture_output=True, text=True, env=env, check=False)  # fmt: skip
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, str(kill_at), *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     leftovers = [p for p in root.rglob("*") if ".liminati-tmp-" in p.name]
     assert leftovers, "the kill left a half-written temp file, as a real crash would"
-    done = subprocess.run([sys.executable, "-m", "liminati.cli", *argv],
-                          capture_output=True, text=True, env=env, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "liminati.cli", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert not [p for p in root.rglob("*") if ".liminati-tmp-" in p.name]
-    plan = subprocess.run([sys.executable, "-m", "liminati.cli", "plan", "--root", str(root),
-                           "--listen-ip", IP, "--detailed-exitcode"],
-                          capture_output=True, text=True, env=env, check=False)  # fmt: skip
+    plan = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "liminati.cli",
+            "plan",
+            "--root",
+            str(root),
+            "--listen-ip",
+            IP,
+            "--detailed-exitcode",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert plan.returncode == 0, plan.stdout
     # every managed file is whole: its content is what the manifest recorded
     manifest = json.loads((root / "var/lib/liminati/manifest.json").read_text())

@@ -27,6 +27,7 @@ BIN = Path(sys.executable).parent
     ids=["ruff", "ruff-format", "mypy", "import-linter"],
 )
 def test_lint(argv: list[str]) -> None:
-    result = subprocess.run([str(BIN / argv[0]), *argv[1:]], cwd=REPO, capture_output=True,
-                            text=True, check=False)  # fmt: skip
+    result = subprocess.run(
+        [str(BIN / argv[0]), *argv[1:]], cwd=REPO, capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -10,6 +10,7 @@ import dataclasses
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,20 +29,27 @@ pytestmark = pytest.mark.validators
 def _replace(desired: Desired, path_suffix: str, edit: Callable[[str], str]) -> Desired:
     files = tuple(
         dataclasses.replace(f, content=edit(f.content.decode()).encode())
-        if f.path.endswith(path_suffix) else f
+        if f.path.endswith(path_suffix)
+        else f
         for f in desired.files
-    )  # fmt: skip
+    )
     return dataclasses.replace(desired, files=files)
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_validators_accept_every_rendered_case(case: str, tmp_path: Path) -> None:
-    config, desired = render_case(case)
+    # the renewal service's ExecStart must name a program that exists here
+    config, desired = render_case(case, program=(sys.executable, "-m", "liminati"))
     report = validate(StagingExecutor(tmp_path), config, desired, strict=True)
     assert report.missing == []
     users = {u.user for u in desired.units}
-    expected = {"nginx -t", "dnsmasq --test", "bash -n install-client.sh",
-                "shellcheck install-client.sh"}  # fmt: skip
+    expected = {
+        "nginx -t",
+        "dnsmasq --test",
+        "bash -n install-client.sh",
+        "shellcheck install-client.sh",
+        "systemd-analyze verify (renewal timer)",
+    }
     expected |= {f"quadlet -dryrun ({u})" for u in users}
     expected |= {f"systemd-analyze verify ({u})" for u in users}
     assert set(report.ran) == expected
@@ -65,8 +73,13 @@ def test_quadlet_generated_podman_argv_matches_golden(case: str, tmp_path: Path)
         src = tmp_path / unit.user
         src.mkdir(exist_ok=True)
         (src / Path(unit.quadlet).name).write_bytes(desired.file(unit.quadlet).content)
-        result = subprocess.run([quadlet, "-dryrun", "-user"], capture_output=True, text=True,
-                                env={"QUADLET_UNIT_DIRS": str(src)}, check=False)  # fmt: skip
+        result = subprocess.run(
+            [quadlet, "-dryrun", "-user"],
+            capture_output=True,
+            text=True,
+            env={"QUADLET_UNIT_DIRS": str(src)},
+            check=False,
+        )
         assert result.returncode == 0, result.stderr
         generated = split_dryrun(result.stdout)[unit.unit]
         golden = GOLDEN / "podman-run" / case / f"{unit.unit}.txt"
@@ -99,8 +112,11 @@ def test_validator_rejects_bad_dnsmasq_line(tmp_path: Path) -> None:
 
 def test_validator_rejects_unknown_quadlet_key(tmp_path: Path) -> None:
     config, desired = render_case("default")
-    bad = _replace(desired, "open-webui.container",
-                   lambda t: t.replace("[Container]\n", "[Container]\nFooBar=1\n"))  # fmt: skip
+    bad = _replace(
+        desired,
+        "open-webui.container",
+        lambda t: t.replace("[Container]\n", "[Container]\nFooBar=1\n"),
+    )
     with pytest.raises(ValidationError) as info:
         validate(StagingExecutor(tmp_path), config, bad, strict=True, groups=["quadlet"])
     assert "unsupported key 'FooBar' in group 'Container'" in info.value.message
@@ -109,8 +125,9 @@ def test_validator_rejects_unknown_quadlet_key(tmp_path: Path) -> None:
 def test_validator_fails_on_systemd_analyze_warning(tmp_path: Path) -> None:
     """systemd-analyze verify exits 0 on a bad value: any line it prints must fail."""
     config, desired = render_case("default")
-    bad = _replace(desired, "dnsmasq.container",
-                   lambda t: t.replace("Restart=always", "Restart=sometimes"))  # fmt: skip
+    bad = _replace(
+        desired, "dnsmasq.container", lambda t: t.replace("Restart=always", "Restart=sometimes")
+    )
     with pytest.raises(ValidationError) as info:
         validate(StagingExecutor(tmp_path), config, bad, strict=True, groups=["quadlet"])
     assert "Failed to parse service restart specifier" in info.value.message
@@ -118,8 +135,11 @@ def test_validator_fails_on_systemd_analyze_warning(tmp_path: Path) -> None:
 
 def test_validator_rejects_script_shellcheck_warning(tmp_path: Path) -> None:
     config, desired = render_case("default")
-    bad = _replace(desired, "install-client.sh",
-                   lambda t: t.replace("\n{ main", '\necho $UNQUOTED_THING\n{ main'))  # fmt: skip
+    bad = _replace(
+        desired,
+        "install-client.sh",
+        lambda t: t.replace("\n{ main", "\necho $UNQUOTED_THING\n{ main"),
+    )
     with pytest.raises(ValidationError) as info:
         validate(StagingExecutor(tmp_path), config, bad, strict=True, groups=["shell"])
     assert "SC2086" in info.value.message
@@ -132,8 +152,9 @@ def test_install_refuses_config_nginx_rejects_and_writes_nothing(
     config = tmp_path / "c.toml"
     config.write_text('[nginx]\ntls_curves = "X25519:nosuchcurve"\n')
     root = tmp_path / "root"
-    code, _, err = run_cli("install", "--root", str(root), "--listen-ip", "100.64.0.10",
-                           "--config", str(config))  # fmt: skip
+    code, _, err = run_cli(
+        "install", "--root", str(root), "--listen-ip", "100.64.0.10", "--config", str(config)
+    )
     assert code == 1
     assert "nginx -t rejected /var/lib/nginx-proxy/nginx.conf" in err
     assert "nosuchcurve" in err
@@ -148,7 +169,8 @@ def test_install_refuses_change_and_keeps_the_live_file(run_cli: RunCli, tmp_pat
     before = live.read_bytes()
     config = tmp_path / "c.toml"
     config.write_text('[nginx]\ntls_curves = "X25519:nosuchcurve"\n')
-    code, _, err = run_cli("install", "--root", str(root), "--listen-ip", "100.64.0.10",
-                           "--config", str(config))  # fmt: skip
+    code, _, err = run_cli(
+        "install", "--root", str(root), "--listen-ip", "100.64.0.10", "--config", str(config)
+    )
     assert code == 1, err
     assert live.read_bytes() == before

@@ -17,6 +17,7 @@ from liminati.executor import Executor
 from liminati.observe import observe, observe_existing
 from liminati.plan import Facts, Generators, Plan, Prepared, build_plan, prepare_material
 from liminati.render import Desired, build_desired
+from liminati.render.stack import DEFAULT_PROGRAM
 
 
 def real_generators() -> Generators:
@@ -75,10 +76,15 @@ def run_pass(
     gen: Generators,
     force: bool = False,
     start_units: bool = True,
+    renew_leaf: bool = False,
+    program: tuple[str, ...] = DEFAULT_PROGRAM,
 ) -> Pass:
     listen_ip = resolve_listen_ip(executor, config)
-    prepared = prepare_material(config, observe_existing(executor, config), now, gen)
-    desired = build_desired(config, listen_ip, prepared.material)
+    existing = observe_existing(executor, config)
+    prepared = prepare_material(config, existing, now, gen, renew_leaf=renew_leaf)
+    desired = build_desired(config, listen_ip, prepared.material, program)
     facts = observe(executor, config, desired)
-    plan = build_plan(desired, facts, force=force, start_units=start_units, notes=prepared.notes)
+    plan = build_plan(
+        desired, facts, force=force, start_units=start_units, generated=prepared.actions
+    )
     return Pass(listen_ip, prepared, desired, facts, plan)

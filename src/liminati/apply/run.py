@@ -99,8 +99,13 @@ def apply_plan(
 
     for a in plan.of_kind("sysctl"):
         if a.changes:
-            executor.apply_sysctl(a.target)
-            done(a, f"applied {a.target}")
+            executor.apply_sysctl(layout.sysctl_dropin)
+            done(a, f"applied {layout.sysctl_dropin}")
+    for a in plan.of_kind("systemd"):
+        if a.changes:
+            executor.systemctl("daemon-reload")
+            executor.systemctl("enable", "--now", a.target)
+            done(a, f"enabled {a.target} (daily certificate check)")
 
     # 4. systemd: regenerate units from quadlets, then start/restart/reload what changed
     for a in plan.of_kind("daemon-reload"):

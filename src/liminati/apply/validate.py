@@ -14,7 +14,7 @@ from liminati.executor import Executor
 from liminati.layout import Layout
 from liminati.render import Desired, FileSpec
 
-GROUPS = ("nginx", "dnsmasq", "quadlet", "shell")
+GROUPS = ("nginx", "dnsmasq", "quadlet", "systemd", "shell")
 
 #: where distributions put podman's quadlet generator
 QUADLET_PATHS = ("/usr/libexec/podman/quadlet", "/usr/lib/podman/quadlet")
@@ -36,6 +36,8 @@ def groups_of(config: Config, desired: Desired, paths: Iterable[str]) -> set[str
         path = PurePosixPath(p)
         if path.suffix == ".container":
             out.add("quadlet")
+        elif path.parent == PurePosixPath("/etc/systemd/system"):
+            out.add("systemd")
         elif path.suffix == ".sh":
             out.add("shell")
         elif path == layout.dnsmasq_conf:
@@ -190,6 +192,28 @@ class Validator:
                     out,
                     "<generated>",
                 )
+
+    def _systemd(self, tmp: Path) -> None:
+        """Root units (the renewal service and timer): systemd-analyze verify, no warning."""
+        units = [
+            f
+            for f in self.desired.files
+            if PurePosixPath(f.path).parent == PurePosixPath("/etc/systemd/system")
+        ]
+        analyze = self._tool("systemd-analyze", "apt install systemd")
+        if analyze is None or not units:
+            return
+        paths = [str(self._put(tmp, PurePosixPath(f.path).name, f.content)) for f in units]
+        result = self.x.run_tool([analyze, "verify", "--man=no", *paths])
+        self.report.ran.append("systemd-analyze verify (renewal timer)")
+        if not result.ok or result.stdout.strip() or result.stderr.strip():
+            self._fail(
+                "systemd-analyze verify",
+                "/etc/systemd/system",
+                result.stdout + result.stderr,
+                tmp,
+                "/etc/systemd/system",
+            )
 
     def _shell(self, tmp: Path) -> None:
         scripts = [f for f in self.desired.files if f.path.endswith(".sh")]

@@ -16,15 +16,16 @@ from typing import Any, TypeVar
 import click
 
 from liminati import __version__, output
-from liminati.apply.engine import Pass, real_generators, run_pass
+from liminati.apply.cert import cert_status, forget_previous_ca, renew_leaf, rotate_ca
+from liminati.apply.engine import Pass, real_generators, resolve_listen_ip, run_pass
 from liminati.apply.preflight import ROOT_PROBLEM, preflight
 from liminati.apply.run import apply_plan
 from liminati.apply.validate import groups_of, validate
 from liminati.config import DEFAULT_PATH, Config, dump_config, parse_config, to_toml
-from liminati.errors import ExitCode, LiminatiError, PreflightError
+from liminati.errors import ExitCode, LiminatiError, PreflightError, UsageError
 from liminati.executor import Executor, HostExecutor, StagingExecutor
 from liminati.layout import Layout
-from liminati.plan import Generators
+from liminati.plan import Generators, Manifest
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,6 +38,8 @@ class Env:
     generators: Callable[[], Generators]
     #: fail instead of warn when a validator is missing (CI sets LIMINATI_REQUIRE_VALIDATORS=1)
     strict_validators: bool
+    #: how the renewal timer runs this liminati
+    program: tuple[str, ...] = (sys.executable, "-m", "liminati")
 
 
 def _default_env() -> Env:
@@ -122,7 +125,7 @@ def cli() -> None:
 # --- plan ---------------------------------------------------------------------------------------
 
 
-def _pass(ctx: Context, *, force: bool, start: bool) -> Pass:
+def _pass(ctx: Context, *, force: bool, start: bool, renew_leaf: bool = False) -> Pass:
     return run_pass(
         ctx.executor,
         ctx.config,
@@ -130,6 +133,8 @@ def _pass(ctx: Context, *, force: bool, start: bool) -> Pass:
         gen=ctx.env.generators(),
         force=force,
         start_units=start,
+        renew_leaf=renew_leaf,
+        program=ctx.env.program,
     )
 
 
@@ -187,27 +192,38 @@ Examples:
 @click.option("--no-start", is_flag=True, help="write everything, but start no unit")
 def install(ctx: Context, force: bool, no_start: bool) -> int:
     """Converge the host: users, subids, linger, files, certificates, units. Safe to re-run."""
-    x, config = ctx.executor, ctx.config
-    layout = Layout(config)
+    return converge(ctx, force=force, start=not no_start)
+
+
+def _require_root(x: Executor) -> None:
     if not x.staged and not x.is_root():
         # before anything reads root-only state: say what is wrong, not "permission denied"
         raise PreflightError([ROOT_PROBLEM])
+
+
+def converge(
+    ctx: Context,
+    *,
+    force: bool,
+    start: bool,
+    before: Callable[[], None] | None = None,
+    verb: str = "Installing",
+) -> int:
+    """Preflight, then under the lock: observe, plan, validate, apply. `before` runs first
+    under the lock (cert rotate-ca uses it to put the new CA in place)."""
+    x, config = ctx.executor, ctx.config
+    layout = Layout(config)
+    _require_root(x)
     users = [config.users.vllm, config.users.webui, config.users.nginx, config.users.dnsmasq]
     own_uids = {u.uid for u in (x.user(s.name) for s in users) if u is not None}
-    first = run_pass(
-        x,
-        config,
-        now=ctx.env.now(),
-        gen=ctx.env.generators(),
-        force=force,
-        start_units=not no_start,
-    )
-    problems = preflight(x, config, first.listen_ip, own_uids)
+    problems = preflight(x, config, resolve_listen_ip(x, config), own_uids)
     if problems:
         raise PreflightError(problems)
     with x.lock(layout.lock):
-        # observe again under the lock: another run may have finished in between
-        p = _pass(ctx, force=force, start=not no_start)
+        if before is not None:
+            before()
+        # observed under the lock: another run may have finished in between
+        p = _pass(ctx, force=force, start=start)
         changed = [a.target for a in p.plan.of_kind("file") if a.changes and not a.attrs_only]
         report = validate(
             x,
@@ -218,22 +234,22 @@ def install(ctx: Context, force: bool, no_start: bool) -> int:
         )
         for missing in report.missing:
             output.warn(f"not validated, validator missing: {missing}")
-        for note in p.plan.notes:
-            output.info(f"  {note}")
         if not p.plan.changes:
             output.info(f"Nothing to change on {x.describe()}: " + output.summary(p.plan) + ".")
             return ExitCode.OK
-        output.info(f"Installing on {x.describe()}: " + output.summary(p.plan) + ".")
+        output.info(f"{verb} on {x.describe()}: " + output.summary(p.plan) + ".")
+        for a in p.plan.actions:
+            if a.kind in ("ca", "leaf", "secret") and a.changes:
+                output.info(f"  {a.kind} {a.target}: {a.reason}")
         if report.ran:
             output.info("  validated: " + ", ".join(report.ran))
-        from liminati.plan import Manifest
-
+        manifest = Manifest.parse(x.read(layout.manifest))
         applied = apply_plan(
             x,
             config,
             p.desired,
             p.plan,
-            Manifest.parse(x.read(layout.manifest)),
+            manifest,
             now=ctx.env.now(),
             progress=lambda m: output.info(f"  {m}"),
         )
@@ -247,11 +263,137 @@ def install(ctx: Context, force: bool, no_start: bool) -> int:
             "`liminati install --force` replaces it"
         )
     output.info(f"Done: {len(applied.done)} changes applied.")
-    if x.staged and isinstance(x, StagingExecutor):
+    if isinstance(x, StagingExecutor):
         output.info(
             f"Host commands a real install would run are in {x.root}/.liminati-staged-commands.sh"
         )
     return ExitCode.OK
+
+
+# --- cert ---------------------------------------------------------------------------------------
+
+
+@cli.group(
+    epilog="""
+\b
+Examples:
+  liminati cert status
+  sudo liminati cert renew            renew when 30 days or fewer remain
+  sudo liminati cert renew --force    renew now
+  sudo liminati cert rotate-ca --yes  a new CA: every client must trust it again
+"""
+)
+def cert() -> None:
+    """The private CA and the HTTPS certificate: status, renewal, rotation."""
+
+
+@cert.command(
+    "status",
+    epilog="""
+\b
+Examples:
+  liminati cert status
+  liminati cert status --json
+""",
+)
+@host_options
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def cert_status_cmd(ctx: Context, as_json: bool) -> int:
+    """Subject, names, constraints, serial, fingerprint, validity and chain of the CA and leaf.
+
+    Exits 4 when the leaf is missing, does not match its key or the CA, or is due for renewal.
+    """
+    status = cert_status(ctx.executor, ctx.config, ctx.env.now())
+    problems = status["problems"]
+    assert isinstance(problems, list)
+    if as_json:
+        output.data_json(status)
+    else:
+        output.print_cert_status(status)
+    for problem in problems:
+        output.warn(problem)
+    return ExitCode.CHECKS_FAILED if problems else ExitCode.OK
+
+
+@cert.command(
+    "renew",
+    epilog="""
+\b
+Examples:
+  sudo liminati cert renew            what the daily timer runs
+  sudo liminati cert renew --force    renew now, whatever the dates say
+""",
+)
+@host_options
+@click.option("--force", is_flag=True, help="renew even if the certificate is not due")
+def cert_renew_cmd(ctx: Context, force: bool) -> int:
+    """Re-issue the HTTPS certificate when it is due (30 days or fewer), check it with
+    nginx -t, swap it in atomically and reload nginx without dropping connections."""
+    _require_root(ctx.executor)
+    result = renew_leaf(
+        ctx.executor,
+        ctx.config,
+        now=ctx.env.now(),
+        gen=ctx.env.generators(),
+        force=force,
+        strict=ctx.env.strict_validators,
+    )
+    if not result.renewed:
+        output.info(f"Certificate kept: {result.reason}.")
+        return ExitCode.OK
+    output.info(f"Certificate renewed: {result.reason}; new serial {result.serial}.")
+    if result.reloaded:
+        output.info("nginx reloaded: it serves the new certificate, open connections continue.")
+    return ExitCode.OK
+
+
+@cert.command(
+    "rotate-ca",
+    epilog="""
+\b
+Examples:
+  sudo liminati cert rotate-ca --yes
+  sudo liminati cert rotate-ca --forget-previous   stop serving the old CA file
+""",
+)
+@host_options
+@click.option("--yes", is_flag=True, help="really make a new CA")
+@click.option(
+    "--forget-previous",
+    is_flag=True,
+    help="stop serving the previous CA (liminati-ca-previous.crt)",
+)
+def cert_rotate_cmd(ctx: Context, yes: bool, forget_previous: bool) -> int:
+    """Replace the CA on purpose (the only way liminati ever makes a new one).
+
+    Every client must then trust the new CA: re-run the client installer on each. The old CA
+    is archived in /var/lib/liminati/pki/retired/ and stays downloadable as
+    liminati-ca-previous.crt on port 8081 until --forget-previous.
+    """
+    _require_root(ctx.executor)
+    if forget_previous:
+        with ctx.executor.lock(Layout(ctx.config).lock):
+            gone = forget_previous_ca(ctx.executor, ctx.config)
+        output.info("Previous CA no longer served." if gone else "No previous CA is served.")
+        return ExitCode.OK
+    if not yes:
+        raise UsageError(
+            "rotating the CA breaks HTTPS for every client until it trusts the new CA",
+            hint="re-run with --yes, then run the client installer again on every client",
+        )
+    fingerprints: list[str] = []
+
+    def put_new_ca() -> None:
+        fingerprints.extend(
+            rotate_ca(ctx.executor, ctx.config, now=ctx.env.now(), gen=ctx.env.generators())
+        )
+
+    code = converge(ctx, force=False, start=True, before=put_new_ca, verb="Rotating the CA")
+    output.warn(
+        f"new CA sha256 {fingerprints[1]} (was {fingerprints[0]}): every client must trust "
+        "it: run the client installer again on each (`liminati client-script` shows how)"
+    )
+    return code
 
 
 # --- config -------------------------------------------------------------------------------------

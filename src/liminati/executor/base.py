@@ -123,7 +123,15 @@ class Executor(ABC):
     def systemctl_user(self, user: str, *args: str, check: bool = True) -> RunResult: ...
 
     @abstractmethod
+    def systemctl(self, *args: str) -> RunResult:
+        """The system manager (root units such as the renewal timer)."""
+
+    @abstractmethod
     def apply_sysctl(self, path: PurePosixPath | str) -> None: ...
+
+    @abstractmethod
+    def remove(self, path: PurePosixPath | str) -> None:
+        """Remove a file if it exists."""
 
     @abstractmethod
     def listening(self) -> list[Socket]: ...

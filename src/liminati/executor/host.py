@@ -180,6 +180,12 @@ class HostExecutor(Executor):
             return self._must(argv, f"systemctl for {user}", timeout=3600)
         return common.run(argv, timeout=3600)
 
+    def systemctl(self, *args: str) -> RunResult:
+        return self._must(["systemctl", *args], "systemctl", timeout=600)
+
+    def remove(self, path: PurePosixPath | str) -> None:
+        self.host_path(path).unlink(missing_ok=True)
+
     def apply_sysctl(self, path: PurePosixPath | str) -> None:
         self._must(["sysctl", "--load", str(path)], "applying sysctl settings")
 

@@ -174,6 +174,16 @@ class StagingExecutor(Executor):
         self._record(argv)
         return RunResult(argv, 0, "", "")
 
+    def systemctl(self, *args: str) -> RunResult:
+        argv = ("systemctl", *args)
+        self._record(argv)
+        return RunResult(argv, 0, "", "")
+
+    def remove(self, path: PurePosixPath | str) -> None:
+        self.host_path(path).unlink(missing_ok=True)
+        if self._state["owners"].pop(str(path), None) is not None:
+            self._save()
+
     def apply_sysctl(self, path: PurePosixPath | str) -> None:
         self._record(["sysctl", "--load", str(path)])
 

@@ -176,6 +176,50 @@ def build_leaf(
     return builder.sign(ca_key, hashes.SHA256())
 
 
+def permitted_domains(cert: x509.Certificate) -> list[str]:
+    """The DNS subtrees a CA's name constraint permits ([] when it has no constraint)."""
+    try:
+        nc = cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return []
+    return [t.value for t in (nc.permitted_subtrees or []) if isinstance(t, x509.DNSName)]
+
+
+def within(domain: str, subtree: str) -> bool:
+    """Is `domain` (and so `*.domain`) inside the DNS subtree `subtree` (RFC 5280 4.2.1.10)?"""
+    return domain == subtree or domain.endswith("." + subtree)
+
+
+def describe(pem: bytes, now: dt.datetime) -> dict[str, object]:
+    """What `liminati cert status` shows of one certificate."""
+    cert = load_cert(pem, "certificate")
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [str(v) for v in san.get_values_for_type(x509.DNSName)]
+        names += [str(v) for v in san.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        names = []
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        ca, pathlen = bc.ca, bc.path_length
+    except x509.ExtensionNotFound:
+        ca, pathlen = False, None
+    left = cert.not_valid_after_utc - now
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "serial": f"{cert.serial_number:x}",
+        "sha256": fingerprint(pem),
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "days_left": left.days,
+        "san": names,
+        "ca": ca,
+        "path_length": pathlen,
+        "permitted_dns": permitted_domains(cert),
+    }
+
+
 @dataclass(frozen=True)
 class LeafVerdict:
     ok: bool

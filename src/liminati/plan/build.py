@@ -11,6 +11,11 @@ from liminati.render import Desired, FileSpec, Policy
 
 #: subordinate ids start above every id a distribution hands out to people
 SUBID_FLOOR = 100000
+#: what a changed file with `activate` set triggers, as the plan names it
+ACTIVATION_TARGETS = {
+    "sysctl": "net.ipv4.ip_unprivileged_port_start",
+    "systemd": "liminati-cert-renew.timer",
+}
 
 
 @dataclass(frozen=True)
@@ -69,9 +74,10 @@ def build_plan(
     *,
     force: bool = False,
     start_units: bool = True,
-    notes: tuple[str, ...] = (),
+    generated: tuple[Action, ...] = (),
 ) -> Plan:
-    actions: list[Action] = []
+    """`generated`: the plan lines of the CA, leaf and secrets (from prepare_material)."""
+    actions: list[Action] = list(generated)
     manifest = facts.manifest
 
     # users, their subordinate ids, linger
@@ -153,20 +159,24 @@ def build_plan(
                 )
             )
 
-    # files
+    # files, then what activates host-level ones (sysctl, root systemd units)
     written: set[str] = set()
+    activations: dict[str, list[str]] = {}
     for f in desired.files:
         action = _file_action(f, facts, manifest, force)
         actions.append(action)
         if action.changes and not action.attrs_only:
             written.add(f.path)
-        if f.activate == "sysctl":
-            if action.changes and not action.attrs_only:
-                actions.append(
-                    Action("sysctl", f.path, Change.UPDATE, "apply the new settings now")
-                )
-            else:
-                actions.append(Action("sysctl", f.path, Change.UNCHANGED, "settings unchanged"))
+        if f.activate:
+            activations.setdefault(f.activate, [])
+            if f.path in written:
+                activations[f.activate].append(f.path)
+    for kind, changed in activations.items():
+        target = ACTIVATION_TARGETS[kind]
+        if changed:
+            actions.append(Action(kind, target, Change.UPDATE, "changed: " + ", ".join(changed)))
+        else:
+            actions.append(Action(kind, target, Change.UNCHANGED, "its files are unchanged"))
 
     # units: daemon-reload per user, then start / restart / reload
     unit_actions: list[Action] = []
@@ -229,7 +239,7 @@ def build_plan(
                 Action("daemon-reload", name, Change.UNCHANGED, "unit files unchanged", user=name)
             )
     actions += unit_actions
-    return Plan(tuple(actions), notes)
+    return Plan(tuple(actions))
 
 
 def _file_action(f: FileSpec, facts: Facts, manifest: Manifest, force: bool) -> Action:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 
@@ -16,7 +16,8 @@ class Change(Enum):
 
 @dataclass(frozen=True)
 class Action:
-    """kind: user, subids, linger, dir, file, sysctl, daemon-reload, unit."""
+    """kind: ca, leaf, secret, user, subids, linger, dir, file, sysctl, systemd,
+    daemon-reload, unit."""
 
     kind: str
     target: str
@@ -40,7 +41,6 @@ class Action:
 @dataclass(frozen=True)
 class Plan:
     actions: tuple[Action, ...]
-    notes: tuple[str, ...] = field(default=())
 
     @property
     def changes(self) -> tuple[Action, ...]:

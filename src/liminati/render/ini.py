@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Only keys that podman 4.4 (the floor, DESIGN.md 5.1) knows go into [Container]: an unknown key
+# Only keys that podman 4.4 (the floor liminati supports) knows go into [Container]: an unknown key
 # makes quadlet drop the whole unit. Newer options (pull policy, shm size, tmpfs, health timing)
 # travel as podman arguments through PodmanArgs=, which every quadlet version passes through.
 
@@ -103,14 +103,21 @@ def quote_words(words: tuple[str, ...]) -> str:
     return " ".join(quote_word(w) for w in words)
 
 
+Sections = list[tuple[str, list[tuple[str, str]]]]
+
+
 def serialize(spec: ContainerSpec) -> str:
+    return serialize_sections(spec.header, spec.sections())
+
+
+def serialize_sections(header: tuple[str, ...], sections: Sections) -> str:
     """The one place INI text is produced: `[Section]` then `Key=value` lines."""
-    for _section, pairs in spec.sections():
+    for _section, pairs in sections:
         for key, value in pairs:
             if "\n" in value or "\n" in key:
                 raise ValueError(f"{key}: a newline cannot be written into a unit file")
-    out = [f"# {line}" for line in spec.header]
-    for section, pairs in spec.sections():
+    out = [f"# {line}" for line in header]
+    for section, pairs in sections:
         if out:
             out.append("")
         out.append(f"[{section}]")

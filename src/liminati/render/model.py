@@ -82,6 +82,8 @@ class Material:
     secrets: dict[str, str] = field(default_factory=dict)
     #: per-user API keys for the vLLM vhost: owner -> key
     api_keys: dict[str, str] = field(default_factory=dict)
+    #: the CA retired by `cert rotate-ca`, served to clients until forgotten
+    previous_ca_pem: bytes | None = None
 
 
 @dataclass(frozen=True)

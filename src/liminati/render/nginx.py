@@ -8,7 +8,7 @@ from liminati.config import Config
 from liminati.render.templates import render_template
 
 #: The OpenAI paths that reach vLLM. Everything else answers 404 from nginx: vLLM's own key
-#: check skips /invocations, /pause, /metrics, /tokenize and more (DESIGN.md decision 2).
+#: check skips /invocations, /pause, /metrics, /tokenize and more.
 API_PATHS = ("/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 CA_FILENAME = "liminati-ca.crt"

@@ -21,6 +21,7 @@ from liminati.render.model import (
 from liminati.render.nginx import SECRET_FILES, render_nginx
 from liminati.render.quadlet import build_dnsmasq, build_nginx, build_vllm, build_webui
 from liminati.render.scripts import render_client_script
+from liminati.render.systemd import render_renew_service, render_renew_timer
 
 #: Names of the secrets liminati generates once and keeps in /var/lib/liminati/secrets.
 SECRET_NAMES = ("vllm-api-key", "webui-secret-key", "webui-admin-password")
@@ -57,7 +58,16 @@ class _Builder:
         self.files.append(FileSpec(str(path), data, owner, owner, mode, **kw))  # type: ignore[arg-type]
 
 
-def build_desired(config: Config, listen_ip: str, material: Material) -> Desired:
+#: how the renewal timer runs liminati when the caller does not say (a pip install puts it here)
+DEFAULT_PROGRAM = ("/usr/local/bin/liminati",)
+
+
+def build_desired(
+    config: Config,
+    listen_ip: str,
+    material: Material,
+    program: tuple[str, ...] = DEFAULT_PROGRAM,
+) -> Desired:
     layout = Layout(config)
     b = _Builder()
     users = config.users
@@ -84,7 +94,15 @@ def build_desired(config: Config, listen_ip: str, material: Material) -> Desired
             secret=True,
             policy=Policy.GENERATE_ONCE,
         )
-    # rootless containers publish 53, 80 and 443 themselves (DESIGN.md decision 9)
+    # the daily renewal: a root service and its timer
+    b.file(
+        layout.renew_service,
+        render_renew_service(program, (str(layout.state_dir), str(layout.nginx_ssl))),
+        ROOT,
+        activate="systemd",
+    )
+    b.file(layout.renew_timer, render_renew_timer(), ROOT, activate="systemd")
+    # rootless containers publish 53, 80 and 443 themselves
     lowest = min(config.ports.dns, config.ports.http, config.ports.https, config.ports.dist)
     b.file(
         layout.sysctl_dropin,
@@ -178,6 +196,9 @@ def build_desired(config: Config, listen_ip: str, material: Material) -> Desired
         units=reload,
     )
     b.file(layout.dist_ca, material.ca_cert_pem, users.nginx.name)
+    if material.previous_ca_pem is not None:
+        b.file(layout.previous_ca, material.previous_ca_pem, ROOT)
+        b.file(layout.dist_previous_ca, material.previous_ca_pem, users.nginx.name)
     b.file(
         layout.dist_dir / "install-client.sh",
         render_client_script(config, listen_ip, material.ca_sha256),
