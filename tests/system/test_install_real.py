@@ -360,9 +360,9 @@ HTTP_SERVER = ["python3", "-m", "http.server", "--bind", LISTEN_IP, "8081"]
 
 
 @pytest.fixture
-def other_domain_config(system: BootedSystem) -> Iterator[str]:
+def changed_config(system: BootedSystem) -> Iterator[str]:
     """A config (readable by anyone) with which an install WOULD change things."""
-    system.write_file(OTHER_CONFIG, 'domain = "other.internal"\n', mode=0o644)
+    system.write_file(OTHER_CONFIG, '[webui]\nclient_max_body_size = "250m"\n', mode=0o644)
     plan = system.run(
         [*PLAN, "--config", OTHER_CONFIG, "--detailed-exitcode", "--no-diff"],
         check=False,
@@ -391,10 +391,10 @@ def port_squatter(system: BootedSystem) -> Iterator[int]:
 
 
 def test_preflight_refuses_a_taken_port_and_changes_nothing(
-    system: BootedSystem, other_domain_config: str, port_squatter: int
+    system: BootedSystem, changed_config: str, port_squatter: int
 ) -> None:
     before = _snapshot(system)
-    proc = system.run([*INSTALL, "--config", other_domain_config], check=False, timeout=300)
+    proc = system.run([*INSTALL, "--config", changed_config], check=False, timeout=300)
     after = _snapshot(system)
     assert proc.returncode == 1, _output(proc)
     lines = [line for line in proc.stderr.splitlines() if "8081" in line]
@@ -417,11 +417,11 @@ def test_preflight_refuses_a_taken_port_and_changes_nothing(
     ],
 )
 def test_install_as_non_root_is_refused_and_changes_nothing(
-    system: BootedSystem, other_domain_config: str, as_nobody: list[str]
+    system: BootedSystem, changed_config: str, as_nobody: list[str]
 ) -> None:
     before = _snapshot(system)
     proc = system.run(
-        [*as_nobody, *INSTALL, "--config", other_domain_config], check=False, timeout=300
+        [*as_nobody, *INSTALL, "--config", changed_config], check=False, timeout=300
     )
     after = _snapshot(system)
     assert not _diff(before, after), "\n".join(_diff(before, after))
