@@ -420,9 +420,7 @@ def test_install_as_non_root_is_refused_and_changes_nothing(
     system: BootedSystem, changed_config: str, as_nobody: list[str]
 ) -> None:
     before = _snapshot(system)
-    proc = system.run(
-        [*as_nobody, *INSTALL, "--config", changed_config], check=False, timeout=300
-    )
+    proc = system.run([*as_nobody, *INSTALL, "--config", changed_config], check=False, timeout=300)
     after = _snapshot(system)
     assert not _diff(before, after), "\n".join(_diff(before, after))
     assert proc.returncode == 1, _output(proc)
