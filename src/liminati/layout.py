@@ -57,6 +57,10 @@ class Layout:
         return self.pki_dir / "ca.crt"
 
     @property
+    def api_keys(self) -> P:
+        return self.state_dir / "api-keys.json"
+
+    @property
     def previous_ca(self) -> P:
         return self.pki_dir / "previous-ca.crt"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from liminati import keystore
 from liminati.config import Config
 from liminati.executor import Executor
 from liminati.layout import Layout
@@ -24,6 +25,7 @@ def observe_existing(executor: Executor, config: Config) -> Existing:
         leaf_key=executor.read(layout.leaf_key),
         secrets={name: text(name) for name in SECRET_NAMES},
         previous_ca=executor.read(layout.previous_ca),
+        api_keys={k.owner: k.key for k in keystore.parse(executor.read(layout.api_keys)).values()},
     )
 
 

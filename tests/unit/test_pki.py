@@ -17,6 +17,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from cryptography import x509
@@ -32,12 +33,13 @@ DOMAIN = "liminati.internal"
 IP = "100.64.0.10"
 BIN = Path(sys.executable).parent
 HOUR = dt.timedelta(hours=1)
+E = TypeVar("E", bound=x509.ExtensionType)
 
 
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def ext(cert: x509.Certificate, cls: type[x509.ExtensionType]) -> x509.Extension:  # type: ignore[type-arg]
+def ext(cert: x509.Certificate, cls: type[E]) -> x509.Extension[E]:
     return cert.extensions.get_extension_for_class(cls)
 
 
@@ -337,7 +339,7 @@ def test_pkilint_rfc5280_finds_no_error(tmp_path: Path) -> None:
 # --- 4. the name constraints hold --------------------------------------------------------------
 
 
-ROGUES = {
+ROGUES: dict[str, tuple[list[x509.GeneralName], str, int, str]] = {
     # name -> (SANs, hostname the client asks for, openssl error code, message)
     "evil.example": (
         [x509.DNSName("evil.example")],

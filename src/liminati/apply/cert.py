@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 from cryptography.exceptions import InvalidSignature
 
 from liminati import pki
-from liminati.apply.validate import Validator
+from liminati.apply.live import swap_nginx_files
 from liminati.config import Config
 from liminati.errors import PkiError
 from liminati.executor import Executor
 from liminati.layout import Layout
 from liminati.observe import observe_existing
-from liminati.plan import Generators, Manifest, prepare_material, sha256
-from liminati.render import Desired, FileSpec
-
-NGINX_UNIT = "nginx-proxy.service"
+from liminati.plan import Generators, Manifest, prepare_material
 
 
 def cert_status(executor: Executor, config: Config, now: dt.datetime) -> dict[str, object]:
@@ -97,54 +93,17 @@ def renew_leaf(
         if not prepared.leaf_issued:
             return Renewal(False, leaf_action.reason)
         material = prepared.material
-        new = {
-            layout.leaf_key: material.leaf_key_pem,
-            layout.leaf_cert: material.leaf_cert_pem,
-        }
-        _validate_live_nginx(executor, config, new, strict)
-        owner = config.users.nginx.name
-        manifest = Manifest.parse(executor.read(layout.manifest))
         # the key first: a crash in between leaves a pair that does not match, which the
         # next run (or the timer) detects and renews again
-        for path, mode in ((layout.leaf_key, 0o600), (layout.leaf_cert, 0o644)):
-            executor.write_file(path, new[path], mode, owner, owner)
-            manifest.files[str(path)] = sha256(new[path])
-        key = f"{owner}/{NGINX_UNIT}"
-        reloaded = False
-        if key in manifest.units:
-            executor.systemctl_user(owner, "reload", NGINX_UNIT)
-            for path, data in new.items():
-                manifest.units[key][str(path)] = sha256(data)
-            reloaded = True
-        data = manifest.dump()
-        executor.write_file(layout.manifest, data, 0o600, "root", "root")
+        reloaded = swap_nginx_files(
+            executor,
+            config,
+            {layout.leaf_key: (material.leaf_key_pem, 0o600),
+             layout.leaf_cert: (material.leaf_cert_pem, 0o644)},
+            strict=strict,
+        )  # fmt: skip
         serial = f"{pki.load_cert(material.leaf_cert_pem, 'leaf').serial_number:x}"
         return Renewal(True, leaf_action.reason, serial, reloaded)
-
-
-def _validate_live_nginx(
-    executor: Executor, config: Config, new: dict[PurePosixPath, bytes], strict: bool
-) -> None:
-    """nginx -t on the configuration that is live now, with the new leaf in place."""
-    layout = Layout(config)
-    files = []
-    for rel in (
-        "nginx.conf",
-        *(f"conf.d/{n}" for n in _names(executor, layout.nginx_confd)),
-        *(f"snippets/{n}" for n in _names(executor, layout.nginx_snippets)),
-    ):
-        path = layout.nginx_home / rel
-        data = executor.read(path)
-        if data is not None:
-            files.append(FileSpec(str(path), data, "root", "root", 0o600))
-    files += [FileSpec(str(p), d, "root", "root", 0o600) for p, d in new.items()]
-    desired = Desired((), (), tuple(files), ())
-    Validator(executor, config, desired, strict).run(["nginx"])
-
-
-def _names(executor: Executor, directory: PurePosixPath) -> list[str]:
-    host = executor.host_path(directory)
-    return sorted(p.name for p in host.iterdir() if p.is_file()) if host.is_dir() else []
 
 
 def rotate_ca(

@@ -18,6 +18,7 @@ import click
 from liminati import __version__, output
 from liminati.apply.cert import cert_status, forget_previous_ca, renew_leaf, rotate_ca
 from liminati.apply.engine import Pass, real_generators, resolve_listen_ip, run_pass
+from liminati.apply.keys import add_key, list_keys, revoke_key
 from liminati.apply.preflight import ROOT_PROBLEM, preflight
 from liminati.apply.run import apply_plan
 from liminati.apply.validate import groups_of, validate
@@ -394,6 +395,88 @@ def cert_rotate_cmd(ctx: Context, yes: bool, forget_previous: bool) -> int:
         "it: run the client installer again on each (`liminati client-script` shows how)"
     )
     return code
+
+
+# --- keys ---------------------------------------------------------------------------------------
+
+
+@cli.group(epilog="""
+\b
+Examples:
+  sudo liminati keys add alice        prints alice's key, once
+  liminati keys list
+  sudo liminati keys revoke alice     takes effect with an nginx reload
+""")  # fmt: skip
+def keys() -> None:
+    """Per-person API keys for https://vllm.<domain>/v1/ (checked by nginx, revocable)."""
+
+
+def _reload_note(ctx: Context, reloaded: bool) -> None:
+    if reloaded:
+        output.info("nginx reloaded: the change is live, open connections continue.")
+    elif not ctx.executor.staged:
+        output.info("nginx is not running yet: the change applies when it starts.")
+
+
+@keys.command("add", epilog="""
+\b
+Examples:
+  sudo liminati keys add alice
+  sudo liminati keys add ci-bot --root ./stage --listen-ip 100.64.0.10
+""")  # fmt: skip
+@host_options
+@click.argument("name")
+def keys_add(ctx: Context, name: str) -> int:
+    """Make a key for NAME and print it once (it is not shown again)."""
+    _require_root(ctx.executor)
+    gen = ctx.env.generators()
+    key, reloaded = add_key(ctx.executor, ctx.config, name, token=gen.token,
+                            now=ctx.env.now(), strict=ctx.env.strict_validators)  # fmt: skip
+    output.info(f"Key for {name} (shown once; store it now):")
+    output.data(key.key)
+    output.info(f"Use it as: curl -H 'Authorization: Bearer <key>' "
+                f"https://vllm.{ctx.config.domain}/v1/models")  # fmt: skip
+    _reload_note(ctx, reloaded)
+    return ExitCode.OK
+
+
+@keys.command("list", epilog="""
+\b
+Examples:
+  liminati keys list
+  liminati keys list --json
+""")  # fmt: skip
+@host_options
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def keys_list(ctx: Context, as_json: bool) -> int:
+    """Names, creation times and the last four characters of every key."""
+    found = list_keys(ctx.executor, ctx.config)
+    if as_json:
+        output.data_json([{"name": k.owner, "created": k.created, "last4": k.last4}
+                          for k in found])  # fmt: skip
+    elif not found:
+        output.info("No keys yet: `liminati keys add NAME`.")
+    else:
+        output.data(f"{'NAME':<24} {'CREATED':<26} LAST4")
+        for k in found:
+            output.data(f"{k.owner:<24} {k.created:<26} ...{k.last4}")
+    return ExitCode.OK
+
+
+@keys.command("revoke", epilog="""
+\b
+Examples:
+  sudo liminati keys revoke alice
+""")  # fmt: skip
+@host_options
+@click.argument("name")
+def keys_revoke(ctx: Context, name: str) -> int:
+    """Revoke NAME's key: nginx answers 401 to it from the next reload on (immediately)."""
+    _require_root(ctx.executor)
+    reloaded = revoke_key(ctx.executor, ctx.config, name, strict=ctx.env.strict_validators)
+    output.info(f"Key of {name} revoked.")
+    _reload_note(ctx, reloaded)
+    return ExitCode.OK
 
 
 # --- config -------------------------------------------------------------------------------------

@@ -272,8 +272,27 @@ class Webui(_Model):
 class Nginx(_Model):
     #: must match the OpenSSL inside the nginx image: X25519MLKEM768 needs OpenSSL >= 3.5
     tls_curves: Str = "X25519:prime256v1:secp384r1"
-    #: long generations stream for many minutes; nginx's 60 s default cuts them
-    read_timeout_seconds: Annotated[int, Strict(), Field(ge=900, le=86400)] = 1800
+    #: long generations stream for many minutes; nginx's 60 s default cuts them. It bounds
+    #: the silence between two reads, not the length of a stream.
+    read_timeout_seconds: Annotated[int, Strict(), Field(ge=1, le=86400)] = 1800
+    #: per client address on the API vhost; a burst above the rate is answered 429
+    api_requests_per_second: Annotated[int, Strict(), Field(ge=1, le=100000)] = 20
+    api_burst: Annotated[int, Strict(), Field(ge=0, le=100000)] = 40
+    #: per client address on Open WebUI's sign-in: slows password guessing down
+    signin_requests_per_minute: Annotated[int, Strict(), Field(ge=1, le=10000)] = 10
+    signin_burst: Annotated[int, Strict(), Field(ge=0, le=10000)] = 5
+    #: per client address on everything else of Open WebUI (a page load is many requests)
+    web_requests_per_second: Annotated[int, Strict(), Field(ge=1, le=100000)] = 50
+    web_burst: Annotated[int, Strict(), Field(ge=0, le=100000)] = 200
+    #: request bodies on the API vhost (prompts, embeddings input)
+    api_max_body_size: Str = "10m"
+
+    @field_validator("api_max_body_size")
+    @classmethod
+    def _body(cls, v: str) -> str:
+        if not _SIZE.match(v):
+            raise ValueError("must be a size like 10m")
+        return v
 
     @field_validator("tls_curves")
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -26,6 +26,8 @@ class Existing:
     secrets: dict[str, str | None]
     #: the CA a `cert rotate-ca` retired, still served to clients until forgotten
     previous_ca: bytes | None = None
+    #: per-user API keys: owner -> key
+    api_keys: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -162,5 +164,6 @@ def prepare_material(
         ca_sha256=pki.fingerprint(ca_cert_pem),
         secrets=secrets,
         previous_ca_pem=existing.previous_ca,
+        api_keys=dict(existing.api_keys),
     )
     return Prepared(material, tuple(actions), ca_created, issued)

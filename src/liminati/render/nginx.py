@@ -42,6 +42,7 @@ def render_nginx(config: Config, api_keys: dict[str, str], internal_key: str) ->
             # 2 descriptors per proxied stream; the container's nofile limit is raised to match
             nofile=NOFILE,
             worker_connections=WORKER_CONNECTIONS,
+            limits=config.nginx,
         ),
         "snippets/mime.types": render_template("nginx/mime.types.j2"),
         "snippets/security-headers.conf": render_template("nginx/security-headers.conf.j2"),
@@ -51,24 +52,33 @@ def render_nginx(config: Config, api_keys: dict[str, str], internal_key: str) ->
         "snippets/vllm-auth.conf": render_template(
             "nginx/vllm-auth.conf.j2", internal_key=internal_key
         ),
-        "snippets/api-keys.map": render_template(
-            "nginx/api-keys.map.j2", api_keys=sorted(api_keys.items())
-        ),
+        "snippets/api-keys.map": render_api_keys_map(api_keys),
         "conf.d/00-default.conf": render_template("nginx/00-default.conf.j2", **common),
         "conf.d/10-redirect.conf": render_template("nginx/10-redirect.conf.j2", **common),
         "conf.d/20-webui.conf": render_template(
             "nginx/20-webui.conf.j2",
             client_max_body_size=config.webui.client_max_body_size,
+            limits=config.nginx,
             **common,
         ),
         "conf.d/30-vllm.conf": render_template(
-            "nginx/30-vllm.conf.j2", api_paths=API_PATHS, default_upstream=first, **common
+            "nginx/30-vllm.conf.j2",
+            api_paths=API_PATHS,
+            default_upstream=first,
+            limits=config.nginx,
+            api_max_body_size=config.nginx.api_max_body_size,
+            **common,
         ),
         "conf.d/40-dist.conf": render_template(
             "nginx/40-dist.conf.j2", ca_filename=CA_FILENAME, **common
         ),
     }
     return files
+
+
+def render_api_keys_map(api_keys: dict[str, str]) -> str:
+    """nginx map lines, "Bearer <key>" -> owner (keys and owners are validated: no quotes)."""
+    return render_template("nginx/api-keys.map.j2", api_keys=sorted(api_keys.items()))
 
 
 #: Per worker: 2,000 concurrent streams need 4,000 descriptors; leave room on top.
