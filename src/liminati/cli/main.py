@@ -21,6 +21,7 @@ from liminati.apply.engine import Pass, real_generators, resolve_listen_ip, run_
 from liminati.apply.keys import add_key, list_keys, revoke_key
 from liminati.apply.preflight import ROOT_PROBLEM, preflight
 from liminati.apply.run import apply_plan
+from liminati.apply.services import find_service, journal_argv, service_status
 from liminati.apply.validate import groups_of, validate
 from liminati.config import DEFAULT_PATH, Config, dump_config, parse_config, to_toml
 from liminati.errors import ExitCode, LiminatiError, PreflightError, UsageError
@@ -268,6 +269,69 @@ def converge(
         output.info(
             f"Host commands a real install would run are in {x.root}/.liminati-staged-commands.sh"
         )
+    return ExitCode.OK
+
+
+# --- status, logs, restart ------------------------------------------------------------------------
+
+
+@cli.command(epilog="""
+\b
+Examples:
+  sudo liminati status
+  sudo liminati status --json
+""")  # fmt: skip
+@host_options
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def status(ctx: Context, as_json: bool) -> int:
+    """State and health of every service (exit 4 when one is not running and healthy)."""
+    _require_root(ctx.executor)
+    found = service_status(ctx.executor, ctx.config)
+    if as_json:
+        output.data_json(found)
+    else:
+        output.data(f"{'SERVICE':<16} {'USER':<14} {'STATE':<22} HEALTH")
+        for s in found:
+            output.data(f"{s['service']!s:<16} {s['user']!s:<14} {s['state']!s:<22} {s['health']}")
+    bad = [s["service"] for s in found if not s["ok"]]
+    for name in bad:
+        output.warn(f"{name} is not running and healthy: `liminati logs {name}` shows why")
+    return ExitCode.CHECKS_FAILED if bad else ExitCode.OK
+
+
+@cli.command(epilog="""
+\b
+Examples:
+  sudo liminati logs nginx
+  sudo liminati logs vllm-qwen -f
+  sudo liminati logs open-webui -n 500
+""")  # fmt: skip
+@host_options
+@click.argument("service")
+@click.option("-f", "--follow", is_flag=True, help="keep printing new lines")
+@click.option("-n", "--lines", default=100, show_default=True, help="how many recent lines")
+def logs(ctx: Context, service: str, follow: bool, lines: int) -> int:
+    """The journal of SERVICE, read as root from the right user's units."""
+    _require_root(ctx.executor)
+    svc = find_service(ctx.config, service)
+    return ctx.executor.stream(journal_argv(ctx.executor, svc, follow, lines))
+
+
+@cli.command(epilog="""
+\b
+Examples:
+  sudo liminati restart nginx
+  sudo liminati restart vllm-qwen
+""")  # fmt: skip
+@host_options
+@click.argument("service")
+def restart(ctx: Context, service: str) -> int:
+    """Restart SERVICE through its user's systemd (waits until it has started)."""
+    _require_root(ctx.executor)
+    svc = find_service(ctx.config, service)
+    output.info(f"restarting {svc.unit} ({svc.user})...")
+    ctx.executor.systemctl_user(svc.user, "restart", svc.unit)
+    output.info(f"{svc.name} restarted.")
     return ExitCode.OK
 
 

@@ -136,6 +136,14 @@ class Executor(ABC):
     @abstractmethod
     def listening(self) -> list[Socket]: ...
 
+    @abstractmethod
+    def user_command(self, user: str, argv: Sequence[str], timeout: float = 60) -> RunResult:
+        """Run a command as a service user inside its systemd user session (podman there)."""
+
+    @abstractmethod
+    def stream(self, argv: Sequence[str]) -> int:
+        """Run a read-only command with this process's stdout/stderr (journalctl -f)."""
+
     # --- programs --------------------------------------------------------------------------------
     @abstractmethod
     def run_tool(

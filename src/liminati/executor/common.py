@@ -44,6 +44,15 @@ def run(
     return RunResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
 
 
+def stream(argv: Sequence[str]) -> int:
+    try:
+        return subprocess.run(list(argv), check=False).returncode
+    except FileNotFoundError:
+        raise HostError(f"{argv[0]}: command not found") from None
+    except KeyboardInterrupt:
+        return 130
+
+
 def atomic_write(target: Path, data: bytes, mode: int, uid: int | None, gid: int | None) -> None:
     """Temp file in the same directory, created with its final mode and owner, then rename.
 

@@ -192,6 +192,18 @@ class HostExecutor(Executor):
     def listening(self) -> list[Socket]:
         return listening_sockets(Path("/proc"))
 
+    def user_command(self, user: str, argv: Sequence[str], timeout: float = 60) -> RunResult:
+        # a transient unit in the user's own manager: right uid, XDG_RUNTIME_DIR and cgroup,
+        # which rootless podman needs (no sudo -u ... XDG_RUNTIME_DIR=... dance)
+        return common.run(
+            ["systemd-run", "--user", "-M", f"{user}@", "--wait", "--pipe", "--quiet",
+             "--collect", *argv],
+            timeout=timeout,
+        )  # fmt: skip
+
+    def stream(self, argv: Sequence[str]) -> int:
+        return common.stream(argv)
+
     def run_tool(
         self,
         argv: Sequence[str],

@@ -179,3 +179,15 @@ def build_dnsmasq(config: Config, layout: Layout, listen_ip: str) -> ContainerSp
         timeout_start_sec=120,
         timeout_stop_sec=30,
     )
+
+
+def build_service_names(config: Config) -> list[tuple[str, str, str]]:
+    """(service name people type, user, unit) for every unit liminati runs."""
+    users = config.users
+    out = [(m.unit, users.vllm.name, f"{m.unit}.service") for m in config.models]
+    out += [
+        ("open-webui", users.webui.name, "open-webui.service"),
+        ("nginx", users.nginx.name, "nginx-proxy.service"),
+        ("dnsmasq", users.dnsmasq.name, "dnsmasq.service"),
+    ]
+    return out
