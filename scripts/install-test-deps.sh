@@ -23,6 +23,7 @@ set -euo pipefail
 # the stream module is the dynamic module libnginx-mod-stream (loaded via
 # /etc/nginx/modules-enabled or `load_module`). nginx-light is NOT enough.
 # dnsmasq-base: the binary only, no service to start or block.
+# nftables: `nft` for the live tier's 443->8443 / 80->8080 redirect inside its own netns.
 APT_PACKAGES=(
     nginx libnginx-mod-stream
     dnsmasq-base
@@ -33,6 +34,7 @@ APT_PACKAGES=(
     uidmap
     python3 python3-venv
     libnss3-tools
+    nftables
 )
 # Installed when the archive has them; their absence does not fail the install.
 OPTIONAL_APT_PACKAGES=(
@@ -143,7 +145,7 @@ install_apt_packages() {
 check_tools() {
     local t
     for t in nginx dnsmasq shellcheck dig curl openssl ip mmdebstrap systemd-nspawn \
-        systemd-analyze newuidmap certutil; do
+        systemd-analyze newuidmap certutil nft; do
         command -v "$t" >/dev/null || die "$t not found after install"
     done
     # nginx must have TLS, HTTP/2 and (as a module) stream.

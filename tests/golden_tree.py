@@ -8,6 +8,7 @@ from pathlib import Path
 from liminati import pki
 from liminati.config import Config, parse_config
 from liminati.render import Desired, Material, build_desired
+from liminati.render.dnsmasq import dnsadmin_source
 from liminati.render.stack import DEFAULT_PROGRAM
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -33,6 +34,7 @@ def fixture_material() -> Material:
             "vllm-api-key": "golden-vllm-api-key",
             "webui-secret-key": "golden-webui-secret-key",
             "webui-admin-password": "golden-webui-admin-password",
+            "dnsadmin-password": "golden-dnsadmin-password",
         },
         api_keys={"alice": "golden-key-alice", "bob": "golden-key-bob"},
     )
@@ -49,12 +51,17 @@ def tree_of(desired: Desired, material: Material) -> dict[str, bytes]:
     Files that are only copies of the material (keys, certificates, secrets) appear in
     _tree.txt by name, not as files: they are inputs, not output of render.
     """
-    inputs = {
-        material.ca_cert_pem,
-        material.ca_key_pem,
-        material.leaf_cert_pem,
-        material.leaf_key_pem,
-    } | {(v + "\n").encode() for v in material.secrets.values()}
+    # the DNS admin page is shipped as a file of the package: an input, not rendered output
+    inputs = (
+        {dnsadmin_source()}
+        | {
+            material.ca_cert_pem,
+            material.ca_key_pem,
+            material.leaf_cert_pem,
+            material.leaf_key_pem,
+        }
+        | {(v + "\n").encode() for v in material.secrets.values()}
+    )
     out: dict[str, bytes] = {}
     lines = [
         f"user {u.name} home={u.home} shell={u.shell} subids={u.subid_count}" for u in desired.users

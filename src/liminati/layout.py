@@ -144,6 +144,19 @@ class Layout:
         return P(self.config.users.dnsmasq.home) / "hosts.d"
 
     @property
+    def dnsmasq_log_dir(self) -> P:
+        """dnsmasq's query log, read by the DNS admin page."""
+        return P(self.config.users.dnsmasq.home) / "log"
+
+    @property
+    def dnsadmin_dir(self) -> P:
+        return P(self.config.users.dnsmasq.home) / "dnsadmin"
+
+    @property
+    def dnsadmin_password(self) -> P:
+        return self.private_dir(self.config.users.dnsmasq) / "dnsadmin-password"
+
+    @property
     def hf_cache(self) -> P:
         return P(self.config.users.vllm.home) / ".cache" / "huggingface"
 

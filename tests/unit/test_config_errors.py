@@ -279,8 +279,8 @@ CASES = [
         id="tls-curves",
     ),
     pytest.param(
-        "[nginx]\nread_timeout_seconds = 60",
-        "nginx.read_timeout_seconds = 60: must be at least 900",
+        "[nginx]\nread_timeout_seconds = 0",
+        "nginx.read_timeout_seconds = 0: must be at least 1",
         id="read-timeout",
     ),
     # --- not TOML at all: the message names the file --------------------------------------------

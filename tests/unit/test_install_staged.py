@@ -129,7 +129,7 @@ def test_install_staged_never_prints_secrets(run_cli: RunCli, tmp_path: Path) ->
     _, out1, err1 = run_cli("plan", "--root", str(root), "--listen-ip", IP)
     _, out2, err2 = run_cli("install", "--root", str(root), "--listen-ip", IP)
     secrets = [p.read_text().strip() for p in (root / "var/lib/liminati/secrets").iterdir()]
-    assert len(secrets) == 3
+    assert len(secrets) == 4
     key = (root / "var/lib/liminati/pki/ca.key").read_text()
     for text in (out1, err1, out2, err2):
         for secret in secrets:

@@ -25,7 +25,7 @@ def test_keys_add_prints_once_lists_last4_and_reloads(run_cli: RunCli, root: Pat
     code, out, err = run_cli("keys", "add", "alice", "--root", str(root), "--listen-ip", IP)
     assert code == 0, err
     key = out.strip()
-    assert key == "lmk_test-token-0004"  # the test's counter stands in for 32 random bytes
+    assert key == "lmk_test-token-0005"  # the test's counter stands in for 32 random bytes
     assert key not in err
     assert f'"Bearer {key}" "alice";' in (root / MAP).read_text()
     assert (root / MAP).stat().st_mode & 0o777 == 0o600

@@ -144,10 +144,12 @@ class Images(_Model):
     webui: Str = "ghcr.io/open-webui/open-webui:v0.12.4"
     nginx: Str = "docker.io/library/nginx:1.28.0"
     dnsmasq: Str = "docker.io/dockurr/dnsmasq:2.91"
+    #: runs the DNS admin page (one stdlib-only Python file liminati ships)
+    dnsadmin: Str = "docker.io/library/python:3.13-alpine"
     #: podman's pull policy: always, missing, never or newer
     pull: Literal["always", "missing", "never", "newer"] = "missing"
 
-    @field_validator("vllm", "webui", "nginx", "dnsmasq")
+    @field_validator("vllm", "webui", "nginx", "dnsmasq", "dnsadmin")
     @classmethod
     def _image(cls, v: str) -> str:
         if not _IMAGE.match(v):

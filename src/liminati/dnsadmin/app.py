@@ -97,10 +97,17 @@ class Config:
     listen: str = "0.0.0.0"
     port: int = 5380
     dns_port: int = 53
+    #: where the health check sends its query; in the container that shares dnsmasq's network
+    #: namespace this is 127.0.0.1 (server_ip is the address clients use, outside)
+    probe_address: str = ""
+
+    @property
+    def probe(self) -> str:
+        return self.probe_address or self.server_ip
 
 
 _REQUIRED = ("domain", "server_ip", "hosts_dir", "query_log", "password_file")
-_OPTIONAL = ("listen", "port", "dns_port")
+_OPTIONAL = ("listen", "port", "dns_port", "probe_address")
 
 
 def _valid_domain(domain: str) -> bool:
@@ -117,7 +124,15 @@ def parse_config(data: object) -> Config:
     missing = [key for key in _REQUIRED if key not in data]
     if missing:
         raise ConfigError(f"missing config keys: {', '.join(missing)}")
-    for key in ("domain", "server_ip", "hosts_dir", "query_log", "password_file", "listen"):
+    for key in (
+        "domain",
+        "server_ip",
+        "hosts_dir",
+        "query_log",
+        "password_file",
+        "listen",
+        "probe_address",
+    ):
         if key in data and not isinstance(data[key], str):
             raise ConfigError(f"{key} must be a string")
     for key in ("port", "dns_port"):
@@ -127,7 +142,7 @@ def parse_config(data: object) -> Config:
     domain = data["domain"]
     if not _valid_domain(domain):
         raise ConfigError(f"domain {domain!r} is not a lowercase DNS name")
-    for key in ("server_ip", "listen"):
+    for key in ("server_ip", "listen", "probe_address"):
         if key in data:
             try:
                 ipaddress.ip_address(data[key])
@@ -142,6 +157,7 @@ def parse_config(data: object) -> Config:
         listen=data.get("listen", "0.0.0.0"),
         port=data.get("port", 5380),
         dns_port=data.get("dns_port", 53),
+        probe_address=data.get("probe_address", ""),
     )
 
 
@@ -393,14 +409,6 @@ class HostsStore:
                 path.unlink()
 
 
-class _suppress_oserror:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
-        return kind is not None and issubclass(kind, OSError)
-
-
 # --------------------------------------------------------------------------- auth
 
 
@@ -585,6 +593,8 @@ def parse_response(data: bytes, qid: int) -> tuple[str, list[str]]:
     offset = 12
     for _ in range(qdcount):
         offset = _skip_name(data, offset) + 4
+    if offset > len(data):
+        raise ValueError("truncated question")
     answers: list[str] = []
     for _ in range(ancount):
         offset = _skip_name(data, offset)
@@ -643,7 +653,7 @@ class Health:
 def check_health(config: Config) -> Health:
     hosts_ok = config.hosts_dir.is_dir() and os.access(config.hosts_dir, os.W_OK | os.X_OK)
     log_ok = config.query_log.is_file() and os.access(config.query_log, os.R_OK)
-    probe = dns_probe(config.server_ip, config.dns_port, config.domain)
+    probe = dns_probe(config.probe, config.dns_port, config.domain)
     return Health(hosts_ok, log_ok, probe)
 
 
@@ -1242,8 +1252,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     signal.signal(signal.SIGTERM, _stop)
-    host, port = server.server_address[:2]
-    print(f"dnsadmin: listening on http://{host}:{port}/", file=sys.stderr, flush=True)
+    print(
+        f"dnsadmin: listening on http://{config.listen}:{server.server_port}/",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

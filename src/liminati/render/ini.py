@@ -57,12 +57,17 @@ class ContainerSpec:
     #: [Unit] After= / Wants=
     after: tuple[str, ...] = ("network-online.target",)
     wants: tuple[str, ...] = ("network-online.target",)
+    #: [Unit] Requires= / PartOf= (a container that lives in another one's network namespace)
+    requires: tuple[str, ...] = ()
+    part_of: tuple[str, ...] = ()
     header: tuple[str, ...] = field(default_factory=tuple)
 
     def sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
         unit: list[tuple[str, str]] = [("Description", self.description)]
         unit += [("Wants", " ".join(self.wants))] if self.wants else []
         unit += [("After", " ".join(self.after))] if self.after else []
+        unit += [("Requires", " ".join(self.requires))] if self.requires else []
+        unit += [("PartOf", " ".join(self.part_of))] if self.part_of else []
         c: list[tuple[str, str]] = [("ContainerName", self.name), ("Image", self.image)]
         c += [("Network", self.network)] if self.network else []
         c += [("PublishPort", p) for p in self.publish]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from liminati.config import Config, Model
 from liminati.layout import Layout
-from liminati.render.dnsmasq import HOSTS_DIR
+from liminati.render.dnsmasq import ADMIN_DIR, ADMIN_PASSWORD, ADMIN_PORT, HOSTS_DIR, LOG_DIR
 from liminati.render.dnsmasq import INNER_PORT as DNS_INNER
 from liminati.render.ini import ContainerSpec
 from liminati.render.nginx import INNER, NOFILE
@@ -14,6 +14,12 @@ HEADER = ("Managed by liminati: a hand edit shows up as drift in `liminati plan`
 NGINX_PREFIX = "/etc/nginx-liminati"
 #: Open WebUI's port inside its image
 WEBUI_INNER = 8080
+
+
+def _python_probe(url: str) -> str:
+    """A health command for images with python but maybe no curl. Single quotes outside:
+    quadlet drops a double quote that ends a value, which would break the command."""
+    return f"python3 -c 'import urllib.request; urllib.request.urlopen(\"{url}\", timeout=5)'"
 
 
 def _pull(config: Config) -> tuple[str, ...]:
@@ -62,10 +68,7 @@ def build_vllm(config: Config, layout: Layout, model: Model) -> ContainerSpec:
             f"--shm-size={config.vllm.shm_size}",
         ),
         # the image has python but not necessarily curl
-        health_cmd=(
-            'python3 -c "import urllib.request; '
-            "urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=5)\""
-        ),
+        health_cmd=_python_probe("http://127.0.0.1:8000/health"),
         labels=(("io.liminati.service", "vllm"), ("io.liminati.model", model.served_name)),
         timeout_start_sec=config.vllm.start_timeout_seconds,
         timeout_stop_sec=120,
@@ -135,8 +138,8 @@ def build_nginx(config: Config, layout: Layout, listen_ip: str) -> ContainerSpec
         # after an atomic rename, and `nginx -s reload` would reread the old config
         volumes=(f"{home}:{NGINX_PREFIX}:ro,Z",),
         drop_caps=("ALL",),
-        # the master creates its temp dirs and starts workers as an unprivileged user
-        add_caps=("CHOWN", "SETGID", "SETUID"),
+        # `user root` in nginx.conf still calls setgid/initgroups/setuid for the workers
+        add_caps=("SETGID", "SETUID"),
         read_only=True,
         health_cmd=f"curl -fsS -o /dev/null http://127.0.0.1:{INNER.dist}/{'liminati-ca.crt'}",
         podman_args=(
@@ -165,10 +168,14 @@ def build_dnsmasq(config: Config, layout: Layout, listen_ip: str) -> ContainerSp
         publish=(
             f"{listen_ip}:{config.ports.dns}:{DNS_INNER}/udp",
             f"{listen_ip}:{config.ports.dns}:{DNS_INNER}/tcp",
+            # the admin page lives in this container's network namespace
+            f"{listen_ip}:{config.ports.dns_admin}:{ADMIN_PORT}",
         ),
         volumes=(
             f"{layout.dnsmasq_conf}:/etc/dnsmasq.conf:ro,Z",
-            f"{layout.dnsmasq_hosts}:{HOSTS_DIR}:ro,Z",
+            # shared with the admin page (lowercase z: a label both containers may use)
+            f"{layout.dnsmasq_hosts}:{HOSTS_DIR}:ro,z",
+            f"{layout.dnsmasq_log_dir}:{LOG_DIR}:rw,z",
         ),
         drop_caps=("ALL",),
         # port 53 inside the container, then dnsmasq drops to an unprivileged user
@@ -181,6 +188,37 @@ def build_dnsmasq(config: Config, layout: Layout, listen_ip: str) -> ContainerSp
     )
 
 
+def build_dnsadmin(config: Config, layout: Layout) -> ContainerSpec:
+    """The DNS admin page: its own container under dnsmasq-user, in dnsmasq's network
+    namespace (so it can ask dnsmasq on 127.0.0.1), writing only the watched hosts dir."""
+    return ContainerSpec(
+        header=HEADER,
+        description="liminati: DNS admin page (records, recent queries, health)",
+        name="dnsmasq-admin",
+        image=config.images.dnsadmin,
+        exec_args=("python3", f"{ADMIN_DIR}/app.py", "--config", f"{ADMIN_DIR}/config.json"),
+        network="container:dnsmasq",
+        volumes=(
+            f"{layout.dnsadmin_dir}:{ADMIN_DIR}:ro,Z",
+            f"{layout.dnsadmin_password}:{ADMIN_PASSWORD}:ro,Z",
+            f"{layout.dnsmasq_hosts}:{HOSTS_DIR}:rw,z",
+            f"{layout.dnsmasq_log_dir}:{LOG_DIR}:ro,z",
+        ),
+        drop_caps=("ALL",),
+        read_only=True,
+        health_cmd=_python_probe(f"http://127.0.0.1:{ADMIN_PORT}/healthz"),
+        podman_args=(*_pull(config), "--tmpfs=/tmp:rw,mode=1777"),
+        labels=(("io.liminati.service", "dnsadmin"),),
+        # it lives in dnsmasq's namespace: started after it, restarted with it
+        after=("dnsmasq.service",),
+        wants=(),
+        requires=("dnsmasq.service",),
+        part_of=("dnsmasq.service",),
+        timeout_start_sec=120,
+        timeout_stop_sec=15,
+    )
+
+
 def build_service_names(config: Config) -> list[tuple[str, str, str]]:
     """(service name people type, user, unit) for every unit liminati runs."""
     users = config.users
@@ -189,5 +227,6 @@ def build_service_names(config: Config) -> list[tuple[str, str, str]]:
         ("open-webui", users.webui.name, "open-webui.service"),
         ("nginx", users.nginx.name, "nginx-proxy.service"),
         ("dnsmasq", users.dnsmasq.name, "dnsmasq.service"),
+        ("dnsmasq-admin", users.dnsmasq.name, "dnsmasq-admin.service"),
     ]
     return out

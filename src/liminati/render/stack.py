@@ -6,7 +6,7 @@ from pathlib import PurePosixPath as P
 
 from liminati.config import Config, ServiceUser
 from liminati.layout import Layout
-from liminati.render.dnsmasq import render_dnsmasq
+from liminati.render.dnsmasq import dnsadmin_source, render_dnsadmin_config, render_dnsmasq
 from liminati.render.ini import ContainerSpec, serialize
 from liminati.render.model import (
     Desired,
@@ -19,12 +19,18 @@ from liminati.render.model import (
     UserSpec,
 )
 from liminati.render.nginx import SECRET_FILES, render_nginx
-from liminati.render.quadlet import build_dnsmasq, build_nginx, build_vllm, build_webui
+from liminati.render.quadlet import (
+    build_dnsadmin,
+    build_dnsmasq,
+    build_nginx,
+    build_vllm,
+    build_webui,
+)
 from liminati.render.scripts import render_client_script
 from liminati.render.systemd import render_renew_service, render_renew_timer
 
 #: Names of the secrets liminati generates once and keeps in /var/lib/liminati/secrets.
-SECRET_NAMES = ("vllm-api-key", "webui-secret-key", "webui-admin-password")
+SECRET_NAMES = ("vllm-api-key", "webui-secret-key", "webui-admin-password", "dnsadmin-password")
 
 ROOT = "root"
 #: a service's home and everything under it belongs to that service user alone
@@ -212,11 +218,33 @@ def build_desired(
     )
     units.append(dns_unit)
     b.dir(layout.dnsmasq_hosts, users.dnsmasq.name, 0o755)
+    b.dir(layout.dnsmasq_log_dir, users.dnsmasq.name, 0o755)
+    dns_inputs = (UnitRef(users.dnsmasq.name, dns_unit.unit),)
     b.file(
-        layout.dnsmasq_conf,
-        render_dnsmasq(config, listen_ip),
+        layout.dnsmasq_conf, render_dnsmasq(config, listen_ip), users.dnsmasq.name, units=dns_inputs
+    )
+
+    # the DNS admin page (port 5380): one stdlib-only Python file, its config, its password
+    admin_unit = quadlet(users.dnsmasq, build_dnsadmin(config, layout), config.images.dnsadmin)
+    units.append(admin_unit)
+    admin_inputs = (UnitRef(users.dnsmasq.name, admin_unit.unit),)
+    b.dir(layout.dnsadmin_dir, users.dnsmasq.name, 0o755)
+    b.file(
+        layout.dnsadmin_dir / "app.py", dnsadmin_source(), users.dnsmasq.name, units=admin_inputs
+    )
+    b.file(
+        layout.dnsadmin_dir / "config.json",
+        render_dnsadmin_config(config, listen_ip),
         users.dnsmasq.name,
-        units=(UnitRef(users.dnsmasq.name, dns_unit.unit),),
+        units=admin_inputs,
+    )
+    b.file(
+        layout.dnsadmin_password,
+        material.secrets["dnsadmin-password"] + "\n",
+        users.dnsmasq.name,
+        PRIVATE_FILE,
+        secret=True,
+        units=admin_inputs,
     )
 
     service_users = tuple(
