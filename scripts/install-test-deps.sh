@@ -35,10 +35,10 @@ APT_PACKAGES=(
     python3 python3-venv
     libnss3-tools
     nftables
+    testssl.sh
 )
 # Installed when the archive has them; their absence does not fail the install.
 OPTIONAL_APT_PACKAGES=(
-    testssl.sh
 )
 PODMAN_SUITE=trixie
 PODMAN_VERSION="${LIMINATI_PODMAN_VERSION:-5.4.2}"

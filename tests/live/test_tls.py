@@ -228,8 +228,7 @@ def test_sslyze_mozilla_intermediate(live: LiveNginx) -> None:
 
 
 def test_testssl_protocols_and_chain(live: LiveNginx) -> None:
-    if shutil.which("testssl") is None:
-        pytest.skip("testssl not found (Debian package testssl.sh)")
+    assert shutil.which("testssl"), "testssl not found (Debian package testssl.sh)"
     report = live.root.parent / "testssl.json"
     report.unlink(missing_ok=True)
     t0 = time.monotonic()
