@@ -13,10 +13,14 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 
 T0="$(now)"
 bash "$REPO_ROOT/scripts/install-test-deps.sh"
+# the live tier's real servers: llama.cpp, vLLM on CPU, Open WebUI, and their models
+bash "$REPO_ROOT/scripts/install-live-deps.sh"
 T1="$(now)"
 
 # shellcheck source=/dev/null
 source "$LIMINATI_CACHE/test-env.sh"
+# shellcheck source=/dev/null
+source "$LIMINATI_CACHE/live-env.sh"
 
 # a missing validator is a failure, never a skip
 export LIMINATI_REQUIRE_VALIDATORS=1
