@@ -238,7 +238,7 @@ CASES = [
     ),
     pytest.param(
         '[[models]]\ngpus = "0;1"',
-        'models[0].gpus = \'0;1\': must be "all" or GPU indices like "0" or "0,1"',
+        'models[0].gpus = \'0;1\': must be "all", "none" or GPU indices like "0" or "0,1"',
         id="model-gpus",
     ),
     pytest.param("models = []", "models must list at least one model", id="models-empty"),

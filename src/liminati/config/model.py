@@ -167,7 +167,8 @@ class Model(_Model):
     #: the name clients put in the request's `model` field; defaults to `name`
     alias: Str = ""
     port: Port = 8000
-    #: "all", or a comma-separated list of GPU indices for this model
+    #: "all", a comma-separated list of GPU indices for this model, or "none" (a CPU build of
+    #: vLLM, as the test systems use: no GPU device is passed to the container)
     gpus: Str = "all"
     max_model_len: Annotated[int, Strict(), Field(ge=256, le=10_000_000)] = 16384
     gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0)] = 0.90
@@ -203,8 +204,8 @@ class Model(_Model):
     @field_validator("gpus")
     @classmethod
     def _gpus(cls, v: str) -> str:
-        if v != "all" and not re.match(r"^[0-9]+(,[0-9]+)*$", v):
-            raise ValueError('must be "all" or GPU indices like "0" or "0,1"')
+        if v not in ("all", "none") and not re.match(r"^[0-9]+(,[0-9]+)*$", v):
+            raise ValueError('must be "all", "none" or GPU indices like "0" or "0,1"')
         return v
 
     @field_validator("extra_args")

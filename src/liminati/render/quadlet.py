@@ -46,11 +46,13 @@ def build_vllm(config: Config, layout: Layout, model: Model) -> ContainerSpec:
         str(model.tensor_parallel_size),
     ]
     args += model.extra_args
-    devices = (
-        ("nvidia.com/gpu=all",)
-        if model.gpus == "all"
-        else tuple(f"nvidia.com/gpu={g}" for g in model.gpus.split(","))
-    )
+    # the GPU through the NVIDIA CDI specification (`nvidia-ctk cdi generate`)
+    if model.gpus == "none":
+        devices: tuple[str, ...] = ()
+    elif model.gpus == "all":
+        devices = ("nvidia.com/gpu=all",)
+    else:
+        devices = tuple(f"nvidia.com/gpu={g}" for g in model.gpus.split(","))
     return ContainerSpec(
         header=HEADER,
         description=f"liminati: vLLM serving {model.model} as {model.served_name}",
