@@ -868,6 +868,9 @@ def render_page(
 
 class DnsAdminServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 resets connections when a page's requests (or a
+    # script's) arrive together on a busy host
+    request_queue_size = 128
 
     def __init__(
         self,
