@@ -31,6 +31,7 @@ LISTEN_IP = "100.64.0.10"
 STAGE_ARGS = ["--listen-ip", LISTEN_IP, "--no-start"]
 INSTALL = ["liminati", "install", *STAGE_ARGS]
 PLAN = ["liminati", "plan", "--listen-ip", LISTEN_IP, "--no-start"]
+CDI_STAND_IN = "/etc/cdi/nvidia.yaml"
 
 #: user -> (home, the quadlet it gets); the layout table in the README
 SERVICES = {
@@ -148,6 +149,10 @@ def installed(liminati_system: BootedSystem, tmp_path_factory: pytest.TempPathFa
             "session installed liminati into the shared system first"
         )
     _ensure_tailnet_address(system)
+    # Stand-in at the GPU boundary: no GPU or NVIDIA toolkit here, so an empty CDI
+    # specification takes the place of `nvidia-ctk cdi generate`'s (preflight checks it exists;
+    # --no-start means no container ever asks podman for the device).
+    system.write_file(CDI_STAND_IN, "# stand-in: this test system has no GPU\n", mode=0o644)
     staged_root = tmp_path_factory.mktemp("staged") / "root"
     staged = _stage_on_host(staged_root)
     t0 = time.monotonic()
@@ -425,3 +430,18 @@ def test_install_as_non_root_is_refused_and_changes_nothing(
     assert not _diff(before, after), "\n".join(_diff(before, after))
     assert proc.returncode == 1, _output(proc)
     assert "error: not running as root" in proc.stderr, _output(proc)
+
+
+def test_preflight_refuses_a_gpu_model_without_the_cdi_specification(
+    system: BootedSystem, changed_config: str
+) -> None:
+    before = _snapshot(system)
+    system.run(["mv", CDI_STAND_IN, CDI_STAND_IN + ".away"])
+    try:
+        proc = system.run([*INSTALL, "--config", changed_config], check=False, timeout=300)
+    finally:
+        system.run(["mv", CDI_STAND_IN + ".away", CDI_STAND_IN])
+    assert proc.returncode == 1, _output(proc)
+    assert "no NVIDIA CDI specification (/etc/cdi/nvidia.yaml)" in proc.stderr, _output(proc)
+    assert "nvidia-ctk cdi generate" in proc.stderr
+    assert not _diff(before, _snapshot(system)), "\n".join(_diff(before, _snapshot(system)))

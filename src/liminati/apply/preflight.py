@@ -56,8 +56,26 @@ def preflight(executor: Executor, config: Config, listen_ip: str, own_uids: set[
     for tool in ("useradd", "usermod", "loginctl", "systemctl"):
         if executor.which(tool) is None:
             problems.append(f"{tool} not found: install the package that provides it")
+    problems += cdi_problems(executor, config)
     problems += port_conflicts(executor, config, listen_ip, own_uids)
     return problems
+
+
+#: where the NVIDIA container toolkit writes the CDI specification podman reads
+CDI_SPECS = ("/etc/cdi/nvidia.yaml", "/etc/cdi/nvidia.json", "/var/run/cdi/nvidia.yaml",
+             "/var/run/cdi/nvidia.json")  # fmt: skip
+
+
+def cdi_problems(executor: Executor, config: Config) -> list[str]:
+    """A model on a GPU needs the NVIDIA CDI specification, or its container cannot start."""
+    gpu_models = [m.unit for m in config.models if m.gpus != "none"]
+    if not gpu_models or any(executor.stat(p) is not None for p in CDI_SPECS):
+        return []
+    return [
+        f"no NVIDIA CDI specification ({CDI_SPECS[0]}), which {', '.join(gpu_models)} needs for "
+        "its GPU: install the NVIDIA container toolkit and run `nvidia-ctk cdi generate "
+        f'--output={CDI_SPECS[0]}` (or set gpus = "none" for a CPU build of vLLM)'
+    ]
 
 
 def port_conflicts(
