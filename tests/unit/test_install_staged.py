@@ -254,3 +254,22 @@ def test_install_staged_killed_midway_converges(tmp_path: Path, kill_at: int) ->
     for path, digest in manifest["files"].items():
         data = (root / path.lstrip("/")).read_bytes()
         assert hashlib.sha256(data).hexdigest() == digest, path
+
+
+def test_install_staged_second_run_at_once_is_refused(run_cli: RunCli, tmp_path: Path) -> None:
+    """Two runs at once: the second stops at the lock, names it, and changes nothing."""
+    import fcntl
+
+    root = tmp_path / "root"
+    assert run_cli("install", "--root", str(root), "--listen-ip", IP)[0] == 0
+    config = tmp_path / "c.toml"
+    config.write_text('[webui]\nclient_max_body_size = "250m"\n')
+    before = snapshot(root)
+    lock = root / "var/lib/liminati/lock"
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, _, err = run_cli("install", "--root", str(root), "--listen-ip", IP,
+                               "--config", str(config))  # fmt: skip
+    assert code == 1
+    assert f"error: another liminati run holds {lock}" in err
+    assert snapshot(root) == before
