@@ -24,6 +24,8 @@ set -euo pipefail
 # /etc/nginx/modules-enabled or `load_module`). nginx-light is NOT enough.
 # dnsmasq-base: the binary only, no service to start or block.
 # nftables: `nft` for the live tier's 443->8443 / 80->8080 redirect inside its own netns.
+# chromium: the live tier's real browser (driven by playwright-core, scripts/install-browser-deps.sh;
+# never a browser downloaded by a tool); libnss3-tools' certutil gives it our CA.
 APT_PACKAGES=(
     nginx libnginx-mod-stream
     dnsmasq-base
@@ -34,6 +36,7 @@ APT_PACKAGES=(
     uidmap
     python3 python3-venv
     libnss3-tools
+    chromium
     nftables
     testssl.sh
 )
@@ -145,7 +148,7 @@ install_apt_packages() {
 check_tools() {
     local t
     for t in nginx dnsmasq shellcheck dig curl openssl ip mmdebstrap systemd-nspawn \
-        systemd-analyze newuidmap certutil nft; do
+        systemd-analyze newuidmap certutil nft chromium; do
         command -v "$t" >/dev/null || die "$t not found after install"
     done
     # nginx must have TLS, HTTP/2 and (as a module) stream.

@@ -15,6 +15,7 @@ T0="$(now)"
 bash "$REPO_ROOT/scripts/install-test-deps.sh"
 # the live tier's real servers: llama.cpp, vLLM on CPU, Open WebUI, and their models
 bash "$REPO_ROOT/scripts/install-live-deps.sh"
+bash "$REPO_ROOT/scripts/install-browser-deps.sh"
 T1="$(now)"
 
 # shellcheck source=/dev/null

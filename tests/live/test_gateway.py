@@ -43,16 +43,30 @@ client_max_body_size = "1m"
 
 
 class Gateway:
-    """A staged install with CONFIG; nginx, dnsmasq, the DNS admin page and the stub
-    upstreams running from it in the server namespace."""
+    """A staged install with `config` (CONFIG by default); nginx, dnsmasq, the DNS admin page
+    and, with `stubs`, the stub upstreams running from it in the server namespace.
 
-    def __init__(self, ns: Namespaces, work: Path) -> None:
+    `stubs=False` leaves 127.0.0.1:8000 and :3000 of the server namespace to the caller's
+    real servers (test_browser.py). `clock` stages the install at its time (the fixed test
+    clock by default; a browser needs the real time to accept the leaf).
+    """
+
+    def __init__(
+        self,
+        ns: Namespaces,
+        work: Path,
+        *,
+        config: str = CONFIG,
+        stubs: bool = True,
+        clock: Clock | None = None,
+    ) -> None:
         self.ns = ns
         self.work = work
+        self.stubs = stubs
         self.procs: list[subprocess.Popen[Any]] = []
-        config = work / "liminati.toml"
-        config.write_text(CONFIG)
-        clock = Clock()
+        config_file = work / "liminati.toml"
+        config_file.write_text(config)
+        clock = clock or Clock()
         self.nginx = LiveNginx(
             ns=ns, root=work / "stage", env=make_env(clock), clock=clock, log=work / "nginx.log"
         )
@@ -62,7 +76,7 @@ class Gateway:
             "--listen-ip",
             SERVER_IP,
             "--config",
-            str(config),
+            str(config_file),
         )
         code, out = self.nginx.cli("install", *self.args)
         assert code == 0, out
@@ -89,10 +103,11 @@ class Gateway:
         self.procs.append(proc)
 
     def start(self) -> None:
-        env = {**os.environ, "STUB_KEY": self.secret("vllm-api-key")}
-        stub = str(HERE / "stub_upstreams.py")
-        self.spawn([sys.executable, stub, "api", "8000"], "api", env)
-        self.spawn([sys.executable, stub, "web", "3000"], "web")
+        if self.stubs:
+            env = {**os.environ, "STUB_KEY": self.secret("vllm-api-key")}
+            stub = str(HERE / "stub_upstreams.py")
+            self.spawn([sys.executable, stub, "api", "8000"], "api", env)
+            self.spawn([sys.executable, stub, "web", "3000"], "web")
         self._start_dnsmasq()
         self.nginx.start()
 
