@@ -53,6 +53,12 @@ def observe(executor: Executor, config: Config, desired: Desired) -> Facts:
         else:
             result = executor.systemctl_user(unit.user, "is-active", unit.unit, check=False)
             active[key] = result.stdout.strip() == "active"
+    images: dict[str, bool | None] = {}
+    for user, image in dict.fromkeys((u.user, u.image) for u in desired.units):
+        if users.get(user) is None or not linger[user]:
+            images[f"{user} {image}"] = None
+        else:
+            images[f"{user} {image}"] = executor.image_present(user, image)
     return Facts(
         stats=stats,
         contents=contents,
@@ -62,4 +68,5 @@ def observe(executor: Executor, config: Config, desired: Desired) -> Facts:
         linger=linger,
         active=active,
         manifest=Manifest.parse(executor.read(layout.manifest)),
+        images=images,
     )

@@ -122,6 +122,14 @@ def test_install_staged_records_owners_modes_and_host_commands(
     assert "systemctl --user -M nginx-user@ daemon-reload" in commands
     assert "systemctl --user -M vllm-user@ start vllm-qwen.service" in commands
     assert "usermod --add-subuids 100000-165535 --add-subgids 100000-165535 vllm-user" in commands
+    # images are pulled as their user before the units start, each once
+    pull = ("systemd-run --user -M vllm-user@ --wait --pipe podman pull "
+            "docker.io/vllm/vllm-openai:v0.32.0")  # fmt: skip
+    assert commands.count(pull) == 1
+    assert commands.index(pull) < commands.index(
+        "systemctl --user -M vllm-user@ start vllm-qwen.service"
+    )
+    assert sum("podman pull" in c for c in commands) == 5  # vllm, webui, nginx, dnsmasq, admin
 
 
 def test_install_staged_never_prints_secrets(run_cli: RunCli, tmp_path: Path) -> None:

@@ -85,6 +85,11 @@ def run_pass(
     desired = build_desired(config, listen_ip, prepared.material, program)
     facts = observe(executor, config, desired)
     plan = build_plan(
-        desired, facts, force=force, start_units=start_units, generated=prepared.actions
+        desired,
+        facts,
+        force=force,
+        start_units=start_units,
+        generated=prepared.actions,
+        pull_policy=config.images.pull,
     )
     return Pass(listen_ip, prepared, desired, facts, plan)

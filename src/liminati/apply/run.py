@@ -112,6 +112,11 @@ def apply_plan(
         if a.changes:
             executor.systemctl_user(a.target, "daemon-reload")
             done(a, f"systemctl --user daemon-reload for {a.target}")
+    for a in plan.of_kind("image"):
+        if a.changes:
+            progress(f"pulling {a.target} as {a.user} (podman's progress follows)...")
+            executor.pull_image(a.user, a.target)
+            done(a, f"pulled {a.target} for {a.user}")
     for a in plan.of_kind("unit"):
         if not a.changes:
             continue

@@ -141,6 +141,18 @@ class Executor(ABC):
         """Run a command as a service user inside its systemd user session (podman there)."""
 
     @abstractmethod
+    def image_present(self, user: str, image: str) -> bool:
+        """Is the image in that service user's podman storage?"""
+
+    @abstractmethod
+    def pull_image(self, user: str, image: str) -> None:
+        """Pull as that user, podman's progress shown as it comes (the vLLM image is many GB)."""
+
+    @abstractmethod
+    def user_stream(self, user: str, argv: Sequence[str]) -> None:
+        """Run a long command as a service user, its output shown as it comes (image pulls)."""
+
+    @abstractmethod
     def stream(self, argv: Sequence[str]) -> int:
         """Run a read-only command with this process's stdout/stderr (journalctl -f)."""
 

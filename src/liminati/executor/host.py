@@ -201,6 +201,23 @@ class HostExecutor(Executor):
             timeout=timeout,
         )  # fmt: skip
 
+    def image_present(self, user: str, image: str) -> bool:
+        return self.user_command(user, ["podman", "image", "exists", image]).ok
+
+    def pull_image(self, user: str, image: str) -> None:
+        self.user_stream(user, ["podman", "pull", image])
+
+    def user_stream(self, user: str, argv: Sequence[str]) -> None:
+        code = common.stream(
+            ["systemd-run", "--user", "-M", f"{user}@", "--wait", "--pipe", "--quiet",
+             "--collect", *argv]
+        )  # fmt: skip
+        if code != 0:
+            raise HostError(
+                f"`{' '.join(argv)}` as {user} failed (exit {code})",
+                hint="check the image name and the network; `liminati install` resumes here",
+            )
+
     def stream(self, argv: Sequence[str]) -> int:
         return common.stream(argv)
 

@@ -40,6 +40,7 @@ class StagingExecutor(Executor):
             "subgid": [],
             "linger": [],
             "owners": {},
+            "images": [],
         }
         # an interrupted run may have left a temp file of the state file itself
         common.remove_stale_temp(root)
@@ -194,6 +195,17 @@ class StagingExecutor(Executor):
         argv = ("systemd-run", "--user", "-M", f"{user}@", "--wait", "--pipe", *argv)
         self._record(argv)
         return RunResult(argv, 0, "", "")
+
+    def image_present(self, user: str, image: str) -> bool:
+        return f"{user} {image}" in self._state["images"]
+
+    def pull_image(self, user: str, image: str) -> None:
+        self.user_stream(user, ["podman", "pull", image])
+        self._state["images"].append(f"{user} {image}")
+        self._save()
+
+    def user_stream(self, user: str, argv: Sequence[str]) -> None:
+        self._record(("systemd-run", "--user", "-M", f"{user}@", "--wait", "--pipe", *argv))
 
     def stream(self, argv: Sequence[str]) -> int:
         self._record(argv)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from liminati.plan.manifest import Manifest, sha256
 from liminati.plan.model import Action, Change, Plan
@@ -33,6 +33,8 @@ class Facts:
     linger: dict[str, bool]
     active: dict[str, bool | None]
     manifest: Manifest
+    #: "user image" -> present in that user's podman storage? (None: cannot tell yet)
+    images: dict[str, bool | None] = field(default_factory=dict)
 
 
 def _mode(m: int) -> str:
@@ -75,6 +77,7 @@ def build_plan(
     force: bool = False,
     start_units: bool = True,
     generated: tuple[Action, ...] = (),
+    pull_policy: str = "missing",
 ) -> Plan:
     """`generated`: the plan lines of the CA, leaf and secrets (from prepare_material)."""
     actions: list[Action] = list(generated)
@@ -229,6 +232,17 @@ def build_plan(
         if verb != "reload":
             reload_users.setdefault(unit.user, f"{unit.unit} must {verb}")
         unit_actions.append(Action("unit", key, Change.UPDATE, reason, verb=verb, user=unit.user))
+    # images: pulled as their user before any unit starts (progress shown, many GB for vLLM)
+    if start_units:
+        for owner, image in dict.fromkeys((u.user, u.image) for u in desired.units):
+            present = facts.images.get(f"{owner} {image}")
+            if present:
+                change, why = Change.UNCHANGED, f"in {owner}'s podman storage"
+            elif pull_policy == "never":
+                change, why = Change.UNCHANGED, f"pull = never: {owner} must have it (podman load)"
+            else:
+                change, why = Change.CREATE, f"pull into {owner}'s podman storage"
+            actions.append(Action("image", image, change, why, user=owner))
     for name in dict.fromkeys(u.user for u in desired.units):
         if name in reload_users:
             actions.append(
