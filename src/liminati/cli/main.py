@@ -22,6 +22,7 @@ from liminati.apply.keys import add_key, list_keys, revoke_key
 from liminati.apply.preflight import ROOT_PROBLEM, preflight
 from liminati.apply.run import apply_plan
 from liminati.apply.services import find_service, journal_argv, service_status
+from liminati.apply.uninstall import uninstall as run_uninstall
 from liminati.apply.validate import groups_of, validate
 from liminati.config import DEFAULT_PATH, Config, dump_config, parse_config, to_toml
 from liminati.errors import ExitCode, LiminatiError, PreflightError, UsageError
@@ -540,6 +541,38 @@ def keys_revoke(ctx: Context, name: str) -> int:
     reloaded = revoke_key(ctx.executor, ctx.config, name, strict=ctx.env.strict_validators)
     output.info(f"Key of {name} revoked.")
     _reload_note(ctx, reloaded)
+    return ExitCode.OK
+
+
+# --- uninstall ----------------------------------------------------------------------------------
+
+
+@cli.command(epilog="""
+\b
+Examples:
+  sudo liminati uninstall --yes
+  sudo liminati uninstall --keep-data --yes   keep models, chats, the CA, keys and secrets
+""")  # fmt: skip
+@host_options
+@click.option("--keep-data", is_flag=True,
+              help="keep the model cache, Open WebUI's data, the CA, secrets and API keys "
+                   "(and the users owning them): a re-install brings them back")  # fmt: skip
+@click.option("--yes", is_flag=True, help="really remove")
+def uninstall(ctx: Context, keep_data: bool, yes: bool) -> int:
+    """Stop and remove every unit, container, file and user liminati installed, and the
+    renewal timer; report what was removed. The config file in /etc/liminati stays."""
+    _require_root(ctx.executor)
+    if not yes:
+        what = "units, files and users" if not keep_data else "units and files (data kept)"
+        raise UsageError(
+            f"uninstall removes liminati's {what}"
+            + ("" if keep_data else ", including models, chats and the CA"),
+            hint="re-run with --yes (add --keep-data to keep models, chats and the CA)",
+        )
+    removed = run_uninstall(ctx.executor, ctx.config, keep_data=keep_data,
+                            progress=lambda m: output.info(f"  {m}"))  # fmt: skip
+    kept = " (kept: model cache, Open WebUI data, CA, secrets, keys)" if keep_data else ""
+    output.info(f"Uninstalled: {len(removed)} items removed{kept}.")
     return ExitCode.OK
 
 

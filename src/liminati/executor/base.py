@@ -118,6 +118,15 @@ class Executor(ABC):
     @abstractmethod
     def enable_linger(self, name: str) -> None: ...
 
+    @abstractmethod
+    def remove_user(self, name: str) -> None:
+        """Disable linger, stop the user's manager and processes, delete the account (its
+        subordinate ids go with it)."""
+
+    @abstractmethod
+    def remove_tree(self, path: PurePosixPath | str) -> None:
+        """Remove a directory and everything under it (no-op when missing)."""
+
     # --- services ------------------------------------------------------------------------------
     @abstractmethod
     def systemctl_user(self, user: str, *args: str, check: bool = True) -> RunResult: ...
@@ -128,6 +137,9 @@ class Executor(ABC):
 
     @abstractmethod
     def apply_sysctl(self, path: PurePosixPath | str) -> None: ...
+
+    @abstractmethod
+    def set_sysctl(self, key: str, value: str) -> None: ...
 
     @abstractmethod
     def remove(self, path: PurePosixPath | str) -> None:

@@ -174,6 +174,20 @@ class HostExecutor(Executor):
             hint=f"see `journalctl -u {unit}`; linger is enabled, so a reboot also starts it",
         )
 
+    def remove_user(self, name: str) -> None:
+        user = self.user(name)
+        if user is None:
+            return
+        common.run(["loginctl", "disable-linger", name])
+        # the user's manager and its podman processes must be gone before userdel
+        common.run(["systemctl", "stop", f"user@{user.uid}.service"], timeout=120)
+        common.run(["pkill", "-KILL", "-u", name])
+        self._must(["userdel", name], f"removing user {name}")
+        common.run(["groupdel", name])  # --user-group made it; userdel usually removes it
+
+    def remove_tree(self, path: PurePosixPath | str) -> None:
+        common.remove_tree(self.host_path(path))
+
     def systemctl_user(self, user: str, *args: str, check: bool = True) -> RunResult:
         argv = ["systemctl", "--user", "-M", f"{user}@", *args]
         if check:
@@ -185,6 +199,9 @@ class HostExecutor(Executor):
 
     def remove(self, path: PurePosixPath | str) -> None:
         self.host_path(path).unlink(missing_ok=True)
+
+    def set_sysctl(self, key: str, value: str) -> None:
+        self._must(["sysctl", "-w", f"{key}={value}"], "restoring a sysctl setting")
 
     def apply_sysctl(self, path: PurePosixPath | str) -> None:
         self._must(["sysctl", "--load", str(path)], "applying sysctl settings")

@@ -164,6 +164,28 @@ class StagingExecutor(Executor):
         self._state["subgid"].append([name, start, count])
         self._save()
 
+    def remove_user(self, name: str) -> None:
+        if name not in self._state["users"]:
+            return
+        self._record(["loginctl", "disable-linger", name])
+        self._record(["userdel", name])
+        del self._state["users"][name]
+        self._state["linger"] = [n for n in self._state["linger"] if n != name]
+        for kind in ("subuid", "subgid"):
+            self._state[kind] = [r for r in self._state[kind] if r[0] != name]
+        self._state["images"] = [i for i in self._state["images"] if not i.startswith(name + " ")]
+        self._save()
+
+    def remove_tree(self, path: PurePosixPath | str) -> None:
+        common.remove_tree(self.host_path(path))
+        prefix = str(path).rstrip("/") + "/"
+        owners = self._state["owners"]
+        gone = [p for p in owners if p == str(path) or p.startswith(prefix)]
+        for p in gone:
+            del owners[p]
+        if gone:
+            self._save()
+
     def enable_linger(self, name: str) -> None:
         self._record(["loginctl", "enable-linger", name])
         self._state["linger"].append(name)
@@ -184,6 +206,9 @@ class StagingExecutor(Executor):
         self.host_path(path).unlink(missing_ok=True)
         if self._state["owners"].pop(str(path), None) is not None:
             self._save()
+
+    def set_sysctl(self, key: str, value: str) -> None:
+        self._record(["sysctl", "-w", f"{key}={value}"])
 
     def apply_sysctl(self, path: PurePosixPath | str) -> None:
         self._record(["sysctl", "--load", str(path)])
