@@ -29,7 +29,8 @@ def observe_existing(executor: Executor, config: Config) -> Existing:
     )
 
 
-def observe(executor: Executor, config: Config, desired: Desired) -> Facts:
+def observe(executor: Executor, config: Config, desired: Desired, *, images: bool = True) -> Facts:
+    """`images`: look into the service users' podman storage (skipped for --no-start)."""
     layout = Layout(config)
     stats: dict[str, tuple[bool, int, str, str] | None] = {}
     contents: dict[str, bytes | None] = {}
@@ -53,12 +54,13 @@ def observe(executor: Executor, config: Config, desired: Desired) -> Facts:
         else:
             result = executor.systemctl_user(unit.user, "is-active", unit.unit, check=False)
             active[key] = result.stdout.strip() == "active"
-    images: dict[str, bool | None] = {}
+    present: dict[str, bool | None] = {}
     for user, image in dict.fromkeys((u.user, u.image) for u in desired.units):
-        if users.get(user) is None or not linger[user]:
-            images[f"{user} {image}"] = None
+        account = users.get(user)
+        if not images or account is None or not linger[user]:
+            present[f"{user} {image}"] = None
         else:
-            images[f"{user} {image}"] = executor.image_present(user, image)
+            present[f"{user} {image}"] = executor.image_present(user, image)
     return Facts(
         stats=stats,
         contents=contents,
@@ -68,5 +70,5 @@ def observe(executor: Executor, config: Config, desired: Desired) -> Facts:
         linger=linger,
         active=active,
         manifest=Manifest.parse(executor.read(layout.manifest)),
-        images=images,
+        images=present,
     )

@@ -83,7 +83,7 @@ def run_pass(
     existing = observe_existing(executor, config)
     prepared = prepare_material(config, existing, now, gen, renew_leaf=renew_leaf)
     desired = build_desired(config, listen_ip, prepared.material, program)
-    facts = observe(executor, config, desired)
+    facts = observe(executor, config, desired, images=start_units)
     plan = build_plan(
         desired,
         facts,

@@ -219,6 +219,13 @@ class HostExecutor(Executor):
         )  # fmt: skip
 
     def image_present(self, user: str, image: str) -> bool:
+        account = self.user(user)
+        if account is None:
+            return False
+        # no storage yet means no image; asking podman would create the storage, and looking
+        # must not change the host
+        if not Path(account.home, ".local/share/containers/storage").is_dir():
+            return False
         return self.user_command(user, ["podman", "image", "exists", image]).ok
 
     def pull_image(self, user: str, image: str) -> None:
