@@ -26,6 +26,7 @@ set -euo pipefail
 # nftables: `nft` for the live tier's 443->8443 / 80->8080 redirect inside its own netns.
 # chromium: the live tier's real browser (driven by playwright-core, scripts/install-browser-deps.sh;
 # never a browser downloaded by a tool); libnss3-tools' certutil gives it our CA.
+# wrk: the HTTP load generator of bench/run.sh (the benchmark, not a test tier).
 APT_PACKAGES=(
     nginx libnginx-mod-stream
     dnsmasq-base
@@ -39,6 +40,13 @@ APT_PACKAGES=(
     chromium
     nftables
     testssl.sh
+    wrk
+)
+# Python packages the tests need beyond pyproject.toml's [test] extra, pinned: the PowerShell
+# grammar that tests/client parses the Windows installer (install-client.ps1) with.
+VENV_EXTRA_PACKAGES=(
+    tree-sitter==0.26.1
+    tree-sitter-powershell==0.26.4
 )
 # Installed when the archive has them; their absence does not fail the install.
 OPTIONAL_APT_PACKAGES=(
@@ -147,7 +155,7 @@ install_apt_packages() {
 
 check_tools() {
     local t
-    for t in nginx dnsmasq shellcheck dig curl openssl ip mmdebstrap systemd-nspawn \
+    for t in nginx dnsmasq shellcheck dash dig curl openssl ip mmdebstrap systemd-nspawn \
         systemd-analyze newuidmap certutil nft chromium; do
         command -v "$t" >/dev/null || die "$t not found after install"
     done
@@ -277,6 +285,24 @@ setup_venv() {
     printf '%s\n' "$want" >"$stamp"
 }
 
+setup_venv_extras() {
+    if [[ "${LIMINATI_SKIP_VENV:-0}" == 1 ]]; then
+        log "LIMINATI_SKIP_VENV=1: skipped"
+        return 0
+    fi
+    local venv="$REPO_ROOT/.venv" stamp want
+    stamp="$venv/.liminati-test-extras"
+    want="$(printf '%s\n' "${VENV_EXTRA_PACKAGES[@]}")"
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] &&
+        "$venv/bin/python" -c 'import tree_sitter, tree_sitter_powershell' 2>/dev/null; then
+        log "test extras are up to date: ${VENV_EXTRA_PACKAGES[*]}"
+        return 0
+    fi
+    log "pip install ${VENV_EXTRA_PACKAGES[*]}"
+    "$venv/bin/python" -m pip install -q "${VENV_EXTRA_PACKAGES[@]}"
+    printf '%s\n' "$want" >"$stamp"
+}
+
 write_env_file() {
     local tmp="$ENV_FILE.tmp"
     {
@@ -298,6 +324,7 @@ step "check tools" check_tools
 step "podman from $PODMAN_SUITE" fetch_podman
 step "check podman" check_podman
 step "python venv" setup_venv
+step "python test extras" setup_venv_extras
 step "env file" write_env_file
 
 log "summary:"

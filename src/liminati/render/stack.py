@@ -26,7 +26,14 @@ from liminati.render.quadlet import (
     build_vllm,
     build_webui,
 )
-from liminati.render.scripts import render_client_script
+from liminati.render.scripts import (
+    CLIENT_PS1,
+    CLIENT_SCRIPT,
+    MOBILECONFIG,
+    render_client_ps1,
+    render_client_script,
+    render_mobileconfig,
+)
 from liminati.render.systemd import render_renew_service, render_renew_timer
 
 #: Names of the secrets liminati generates once and keeps in /var/lib/liminati/secrets.
@@ -206,8 +213,18 @@ def build_desired(
         b.file(layout.previous_ca, material.previous_ca_pem, ROOT)
         b.file(layout.dist_previous_ca, material.previous_ca_pem, users.nginx.name)
     b.file(
-        layout.dist_dir / "install-client.sh",
+        layout.dist_dir / CLIENT_SCRIPT,
         render_client_script(config, listen_ip, material.ca_sha256),
+        users.nginx.name,
+    )
+    b.file(
+        layout.dist_dir / CLIENT_PS1,
+        render_client_ps1(config, listen_ip, material.ca_sha256),
+        users.nginx.name,
+    )
+    b.file(
+        layout.dist_dir / MOBILECONFIG,
+        render_mobileconfig(config, listen_ip, material.ca_cert_pem),
         users.nginx.name,
     )
 
