@@ -17,16 +17,8 @@ class Layout:
     config: Config
 
     @property
-    def etc_dir(self) -> P:
-        return P("/etc/liminati")
-
-    @property
     def state_dir(self) -> P:
         return P("/var/lib/liminati")
-
-    @property
-    def config_file(self) -> P:
-        return self.etc_dir / "liminati.toml"
 
     @property
     def manifest(self) -> P:

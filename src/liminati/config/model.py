@@ -63,7 +63,6 @@ class _Model(BaseModel):
 
 # Strict scalars: TOML has real types, so "8080", 8080.0 or true are mistakes, not ports.
 Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
-Int = Annotated[int, Strict()]
 Bool = Annotated[bool, Strict()]
 Str = Annotated[str, Strict()]
 
@@ -397,7 +396,3 @@ class Config(_Model):
                 )
             seen[port] = field
         return self
-
-    @property
-    def served_models(self) -> tuple[Model, ...]:
-        return self.models

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -191,7 +191,3 @@ class Executor(ABC):
 
     @abstractmethod
     def systemd_running(self) -> bool: ...
-
-
-def iter_parents(path: PurePosixPath) -> Iterator[PurePosixPath]:
-    yield from reversed(path.parents)

@@ -72,11 +72,6 @@ class StagingExecutor(Executor):
         with path.open("a") as fh:
             fh.write(shlex.join(argv) + "\n")
 
-    @property
-    def recorded(self) -> list[str]:
-        data = common.read(self.root / COMMANDS_FILE)
-        return [] if data is None else data.decode().splitlines()[2:]
-
     # --- file system -------------------------------------------------------------------------
     def read(self, path: PurePosixPath | str) -> bytes | None:
         return common.read(self.host_path(path))
