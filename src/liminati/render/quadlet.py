@@ -154,7 +154,18 @@ def build_nginx(config: Config, layout: Layout, listen_ip: str) -> ContainerSpec
         ),
         labels=(("io.liminati.service", "nginx"),),
         # new certificates and config without dropping connections
-        exec_reload=("/usr/bin/podman", "exec", "nginx-proxy", "nginx", "-s", "reload"),
+        exec_reload=(
+            "/usr/bin/podman",
+            "exec",
+            "nginx-proxy",
+            "nginx",
+            "-p",
+            f"{NGINX_PREFIX}/",
+            "-c",
+            f"{NGINX_PREFIX}/nginx.conf",
+            "-s",
+            "reload",
+        ),
         timeout_start_sec=120,
         timeout_stop_sec=30,
     )
