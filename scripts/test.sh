@@ -16,6 +16,8 @@ bash "$REPO_ROOT/scripts/install-test-deps.sh"
 # the live tier's real servers: llama.cpp, vLLM on CPU, Open WebUI, and their models
 bash "$REPO_ROOT/scripts/install-live-deps.sh"
 bash "$REPO_ROOT/scripts/install-browser-deps.sh"
+# the system tier's stand-in images (nginx, dnsmasq, python3, Open WebUI, vLLM CPU; no registry)
+bash "$REPO_ROOT/scripts/build-images.sh" >/dev/null
 T1="$(now)"
 
 # shellcheck source=/dev/null
