@@ -443,6 +443,12 @@ def personal_key(stack: Stack) -> str:
         )
     key = proc.stdout.strip().splitlines()[-1].strip()
     assert len(key) >= 20 and " " not in key, _output(proc)
+    # `systemctl reload` runs `nginx -s reload`, which only signals: the new workers (with the
+    # new key map) take over within moments
+    deadline = time.monotonic() + 15
+    while _status_and_body(_https(stack, "vllm", "/v1/models", key=key))[0] != 200:
+        assert time.monotonic() < deadline, "the new key is not accepted 15 s after the reload"
+        time.sleep(0.2)
     return key
 
 
