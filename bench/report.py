@@ -280,10 +280,11 @@ def _requests(r: dict[str, Any]) -> list[str]:
               signed(llama["added_p99_ms"]), ""]],
         ))  # fmt: skip
         out.append(
-            "Here the model computes on the same 2 cores as nginx and the load generator, so "
-            "every microsecond nginx spends is taken from the model (on a GPU host it is not), "
-            "and a CPU model's own time per completion varies by more than the proxy costs: "
-            "read this as the order of magnitude the gateway adds to a real completion.\n"
+            "Here the model computes on the same 2 cores as nginx and the load generator (the "
+            f"other programs used {di['other_cpu_cores']:.2f} / {pr['other_cpu_cores']:.2f} "
+            "cores meanwhile), so every microsecond nginx spends is taken from the model, which "
+            "on a GPU host it is not; and a CPU model's own time per completion varies by more "
+            "than the proxy costs.\n"
         )
     return out
 

@@ -1,7 +1,8 @@
 """The benchmark: what the gateway costs against the model server, and how liminati scales.
 
-`bash bench/run.sh` (as root: it creates network namespaces) runs everything in about
-eight minutes and writes bench/RESULTS.md and bench/results.json.
+`bash bench/run.sh` (as root: it creates network namespaces) runs everything in 8 to 10
+minutes (up to a minute of it waiting for a quiet machine) and writes bench/RESULTS.md and
+bench/results.json.
 
 The setup is the live tier's (tests/live, imported, not copied): two network namespaces, a
 "server" (the GPU host, 100.64.0.10) and a "client" (a tailnet peer, 100.64.0.20), nothing
@@ -84,7 +85,8 @@ LLAMA_REPS = 4
 CHAT = "/v1/chat/completions"
 
 #: the machine may be shared: before each direct/proxied pair the benchmark waits until the
-#: other programs use under QUIET_CORES cores, QUIET_WAIT s at most (QUIET_BUDGET s in all);
+#: other programs use under QUIET_CORES cores, QUIET_WAIT s at most (QUIET_BUDGET s in all,
+#: `--quiet-budget`);
 #: each run records the CPU they used meanwhile, and pairs where it stayed under QUIET_CORES
 #: are also reported on their own ("quiet pairs")
 QUIET_CORES = 0.3
@@ -167,7 +169,7 @@ class Bench:
         self.proxied_base = f"https://{VLLM}{'' if port == 443 else f':{port}'}"
         self.proxied_port = port
         #: seconds left for waiting for a quiet machine over the whole run
-        self.quiet_budget = QUIET_BUDGET
+        self.quiet_budget = args.quiet_budget
 
     # -- the pieces ---------------------------------------------------------------------------
     @property
@@ -714,6 +716,11 @@ def main(argv: list[str] | None = None) -> int:
                         default=[1, 16, 64, 256])  # fmt: skip
     parser.add_argument("--streams", type=int, default=2000, help="part 3: streams held")
     parser.add_argument("--hold", type=float, default=62, help="part 3: seconds all are open")
+    parser.add_argument(
+        "--quiet-budget", type=float, default=QUIET_BUDGET, metavar="S",
+        help=f"seconds in all to wait for the rest of the machine to use under {QUIET_CORES} "
+        f"cores before a pair of runs (at most {QUIET_WAIT:g} s each; default %(default)g)",
+    )  # fmt: skip
     parser.add_argument("--tool-reps", type=int, default=9, help="part 4: rounds")
     parser.add_argument(
         "--patch-nginx", action="append", default=[], metavar="OLD=>NEW",

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark, one command (as root: it creates network namespaces):
-#   bash bench/run.sh            # everything, about 8 minutes; writes bench/RESULTS.md
+#   bash bench/run.sh            # everything, 8-10 minutes; writes bench/RESULTS.md
 #   bash bench/run.sh --parts 4  # only `liminati plan` / `install` scaling
 # Needs what the live tier needs (bash scripts/install-test-deps.sh, and
 # scripts/install-live-deps.sh for the llama.cpp figure) plus wrk.
