@@ -746,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     t_start = time.monotonic()
     results: dict[str, Any] = {
-        "command": "bash bench/run.sh " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["bash bench/run.sh", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine(),
         "config": BENCH_CONFIG,
         "targets": TARGETS,
