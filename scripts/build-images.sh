@@ -200,26 +200,8 @@ recipe_of() {
 }
 tag_of() { printf '%s/%s:%s' "$TAG_PREFIX" "$1" "$TAG_VERSION"; }
 
-# The host's Debian mirror, from its deb822 sources (never hard-coded). Same logic as
-# scripts/build-rootfs.sh.
-debian_mirror() {
-    local f uri=""
-    for f in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list.d/*.sources; do
-        [[ -r "$f" ]] || continue
-        uri="$(awk '
-            /^[[:space:]]*$/ { uris = ""; suites = ""; next }
-            /^URIs:/   { uris = $2 }
-            /^Suites:/ { for (i = 2; i <= NF; i++) if ($i !~ /-security$/) suites = $i }
-            uris != "" && suites != "" && uris !~ /security/ { print uris; exit }
-        ' "$f")"
-        [[ -n "$uri" ]] && break
-    done
-    if [[ -z "$uri" && -r /etc/apt/sources.list ]]; then
-        uri="$(awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' /etc/apt/sources.list)"
-    fi
-    [[ -n "$uri" ]] || die "cannot find the Debian mirror in /etc/apt/sources.list.d/debian.sources"
-    printf '%s\n' "${uri%/}"
-}
+# shellcheck source=scripts/debian-mirror.sh
+source "$(dirname "${BASH_SOURCE[0]}")/debian-mirror.sh"
 
 build_one() {
     local name="$1" out="$2" mirror o h args=()

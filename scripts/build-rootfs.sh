@@ -99,26 +99,8 @@ die() { log "ERROR: $*"; exit 1; }
 [[ "$(id -u)" -eq 0 ]] || die "run as root (mmdebstrap in root mode, then systemd-nspawn)"
 command -v mmdebstrap >/dev/null || die "mmdebstrap not found: run scripts/install-test-deps.sh"
 
-# The host's Debian mirror, from its deb822 sources (never hard-coded). Same logic as
-# scripts/install-test-deps.sh: the first URIs of a stanza whose suites are not -security.
-debian_mirror() {
-    local f uri=""
-    for f in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list.d/*.sources; do
-        [[ -r "$f" ]] || continue
-        uri="$(awk '
-            /^[[:space:]]*$/ { uris = ""; suites = ""; next }
-            /^URIs:/   { uris = $2 }
-            /^Suites:/ { for (i = 2; i <= NF; i++) if ($i !~ /-security$/) suites = $i }
-            uris != "" && suites != "" && uris !~ /security/ { print uris; exit }
-        ' "$f")"
-        [[ -n "$uri" ]] && break
-    done
-    if [[ -z "$uri" && -r /etc/apt/sources.list ]]; then
-        uri="$(awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' /etc/apt/sources.list)"
-    fi
-    [[ -n "$uri" ]] || die "cannot find the Debian mirror in /etc/apt/sources.list.d/debian.sources"
-    printf '%s\n' "${uri%/}"
-}
+# shellcheck source=scripts/debian-mirror.sh
+source "$(dirname "${BASH_SOURCE[0]}")/debian-mirror.sh"
 
 # The hash covers what goes into the tree, not where it was downloaded from.
 recipe() {
