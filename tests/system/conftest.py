@@ -20,6 +20,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from nspawn import BootedSystem, build_rootfs  # noqa: E402
+from stack import Stack, start_stack  # noqa: E402
 
 _TIMINGS: dict[str, float] = {}
 
@@ -72,3 +73,19 @@ def liminati_system(booted_system: BootedSystem) -> BootedSystem:
     _TIMINGS["wheels (host)"] = booted_system.timings["wheels"]
     _TIMINGS["install (inside)"] = booted_system.timings["install"]
     return booted_system
+
+
+@pytest.fixture(scope="session")
+def stack(rootfs: Path, tier4_timings: dict[str, float]) -> Iterator[Stack]:
+    """The whole stack running in a system of its own (tests/system/stack.py), for the session:
+    the test_stack_* modules share it, in file order (destructive ones last)."""
+    with start_stack(rootfs, tier4_timings) as running:
+        yield running
+
+
+@pytest.fixture
+def ready(stack: Stack) -> Stack:
+    """The stack, once every container is running and healthy (else the test fails: why)."""
+    if stack.not_ready:
+        pytest.fail(stack.not_ready)
+    return stack
