@@ -96,7 +96,7 @@ venv_of() {
 # the root), ADD (host paths for layer 2, HOST[:IMAGE]) and CONFIG (the image config, JSON).
 image_nginx() {
     SUITE=trixie
-    PACKAGES=(nginx curl ca-certificates)
+    PACKAGES=(nginx libnginx-mod-http-js curl ca-certificates)
     # as the official image: logs to the container's output (nginx opens its compiled-in
     # error log before it reads liminati's `error_log stderr`), and the mount point liminati
     # binds the nginx-user's home on

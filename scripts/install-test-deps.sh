@@ -28,7 +28,7 @@ set -euo pipefail
 # never a browser downloaded by a tool); libnss3-tools' certutil gives it our CA.
 # wrk: the HTTP load generator of bench/run.sh (the benchmark, not a test tier).
 APT_PACKAGES=(
-    nginx libnginx-mod-stream
+    nginx libnginx-mod-stream libnginx-mod-http-js
     dnsmasq-base
     shellcheck
     dnsutils curl openssl ca-certificates iproute2

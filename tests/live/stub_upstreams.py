@@ -6,8 +6,9 @@ the upstream must be exactly controllable:
 
 * `api` (vLLM's place, 127.0.0.1:8000): POST /v1/chat/completions with `"stream": true`
   answers server-sent events, one every `interval` seconds, each carrying the wall-clock time
-  it was sent (`"sent"`), then `data: [DONE]`. GET /v1/models lists one model. Every request
-  is checked for the internal key nginx must put in place of the user's.
+  it was sent (`"sent"`), then `data: [DONE]`. GET /v1/models lists one model (`--model`,
+  default qwen); a request without streaming answers which port served it. Every request is
+  checked for the internal key nginx must put in place of the user's.
 * `web` (Open WebUI's place, 127.0.0.1:3000): any POST is read whole and answered with its
   length; GET /ws/ with `Upgrade: websocket` completes the handshake (RFC 6455) and echoes
   one text frame.
@@ -59,7 +60,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.options.mode == "api" and not self._authorized():
             return
         if self.path == "/v1/models":
-            self._json(200, {"object": "list", "data": [{"id": "qwen", "object": "model"}]})
+            model = {"id": self.options.model, "object": "model"}
+            self._json(200, {"object": "list", "data": [model]})
         else:
             self._json(200, {"path": self.path})
 
@@ -73,7 +75,16 @@ class Handler(BaseHTTPRequestHandler):
             return
         request = json.loads(body or b"{}")
         if not request.get("stream"):
-            self._json(200, {"choices": [{"message": {"content": "ok"}}]})
+            self._json(
+                200,
+                {
+                    "model": self.options.model,
+                    "asked": request.get("model"),
+                    # which process answered: the main unit's port or the standby's
+                    "served_by": self.options.port,
+                    "choices": [{"message": {"content": "ok"}}],
+                },
+            )
             return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -119,6 +130,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["api", "web"])
     parser.add_argument("port", type=int)
+    parser.add_argument("--model", default="qwen", help="the id GET /v1/models lists")
     options = parser.parse_args()
     options.key = os.environ.get("STUB_KEY", "")
     Handler.options = options

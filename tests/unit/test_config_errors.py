@@ -111,6 +111,23 @@ CASES = [
         f"models[1].port = 8000: already used by models[0].port; {ALL_DIFFER}",
         id="port-two-models",
     ),
+    pytest.param(
+        '[[models]]\nname = "a"\n[[models]]\nname = "b"\nport = 8100',
+        f"models[1].port = 8100: already used by models[0].standby_port; {ALL_DIFFER}",
+        id="port-model-on-another-models-standby",
+    ),
+    pytest.param(
+        "[[models]]\nport = 65500",
+        "models[0].port = 65500: its standby port (port + 100) is over 65535; "
+        "set models[0].standby_port",
+        id="port-standby-over-65535",
+    ),
+    pytest.param(
+        '[[models]]\nname = "a-standby"',
+        "models[0].name = 'a-standby': must not end in -standby (the name of a model's standby "
+        "unit)",
+        id="model-name-standby",
+    ),
     # --- unknown keys -------------------------------------------------------------------------
     pytest.param(
         'domian = "x.internal"',

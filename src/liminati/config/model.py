@@ -166,6 +166,9 @@ class Model(_Model):
     #: the name clients put in the request's `model` field; defaults to `name`
     alias: Str = ""
     port: Port = 8000
+    #: where `liminati model switch` starts the replacement while this one still serves
+    #: (loopback only; nginx falls back to it while the main unit restarts); 0: port + 100
+    standby_port: Annotated[int, Strict(), Field(ge=0, le=65535)] = 0
     #: "all", a comma-separated list of GPU indices for this model, or "none" (a CPU build of
     #: vLLM, as the test systems use: no GPU device is passed to the container)
     gpus: Str = "all"
@@ -181,6 +184,8 @@ class Model(_Model):
             raise ValueError(
                 "must be 1-32 lowercase letters, digits or '-' (it names the unit vllm-<name>)"
             )
+        if v.endswith("-standby"):
+            raise ValueError("must not end in -standby (the name of a model's standby unit)")
         return v
 
     @field_validator("alias")
@@ -227,6 +232,15 @@ class Model(_Model):
     @property
     def served_name(self) -> str:
         return self.alias or self.name
+
+    @property
+    def standby(self) -> int:
+        """The loopback port of this model's standby unit during a switch."""
+        return self.standby_port or self.port + 100
+
+    @property
+    def standby_unit(self) -> str:
+        return f"vllm-{self.name}-standby"
 
 
 class Vllm(_Model):
@@ -386,6 +400,12 @@ class Config(_Model):
         loopback = {"ports.webui": self.ports.webui}
         for i, m in enumerate(self.models):
             loopback[f"models[{i}].port"] = m.port
+            if m.standby > 65535:
+                raise ValueError(
+                    f"models[{i}].port = {m.port}: its standby port (port + 100) is over 65535; "
+                    f"set models[{i}].standby_port"
+                )
+            loopback[f"models[{i}].standby_port"] = m.standby
         # DNS is UDP and TCP on the same number; every other port is TCP. One address space
         # each (tailnet, loopback) but the simplest rule a person can keep in mind: all distinct.
         seen: dict[int, str] = {}

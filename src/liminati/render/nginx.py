@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from liminati.config import Config
@@ -33,9 +34,12 @@ def render_nginx(config: Config, api_keys: dict[str, str], internal_key: str) ->
     """Relative path (under nginx-user's home) -> content."""
     common = {"domain": config.domain, "inner": INNER}
     first = config.models[0].name.replace("-", "_")
+    # one model: every API path goes straight to it; several: njs routes on "model"
+    routed = len(config.models) > 1
     files = {
         "nginx.conf": render_template(
             "nginx/nginx.conf.j2",
+            routed=routed,
             models=config.models,
             webui_port=config.ports.webui,
             tls_curves=config.nginx.tls_curves,
@@ -65,6 +69,7 @@ def render_nginx(config: Config, api_keys: dict[str, str], internal_key: str) ->
             "nginx/30-vllm.conf.j2",
             api_paths=API_PATHS,
             default_upstream=first,
+            models=config.models if routed else (),
             limits=config.nginx,
             api_max_body_size=config.nginx.api_max_body_size,
             **common,
@@ -73,6 +78,14 @@ def render_nginx(config: Config, api_keys: dict[str, str], internal_key: str) ->
             "nginx/40-dist.conf.j2", ca_filename=CA_FILENAME, **common
         ),
     }
+    if routed:
+        backends = {m.served_name: "@vllm_" + m.name.replace("-", "_") for m in config.models}
+        lists = [f"/_liminati_models/{m.name}" for m in config.models]
+        files["snippets/liminati-router.js"] = render_template(
+            "nginx/liminati-router.js.j2",
+            backends=json.dumps(backends, sort_keys=True),
+            lists=json.dumps(lists),
+        )
     return files
 
 

@@ -115,7 +115,9 @@ def build_webui(config: Config, layout: Layout) -> ContainerSpec:
 
 def build_nginx(config: Config, layout: Layout, listen_ip: str) -> ContainerSpec:
     home = layout.nginx_home
-    ports = ",".join(f"-T,{p}" for p in (config.ports.webui, *(m.port for m in config.models)))
+    # each model's main and standby port (nginx falls back to the standby during a switch)
+    models = [p for m in config.models for p in (m.port, m.standby)]
+    ports = ",".join(f"-T,{p}" for p in (config.ports.webui, *models))
     return ContainerSpec(
         header=HEADER,
         description="liminati: nginx gateway (HTTPS for webui and vllm, client downloads)",
