@@ -61,6 +61,12 @@ def observe(executor: Executor, config: Config, desired: Desired, *, images: boo
             present[f"{user} {image}"] = None
         else:
             present[f"{user} {image}"] = executor.image_present(user, image)
+    manifest = Manifest.parse(executor.read(layout.manifest))
+    # files liminati wrote that the config no longer renders: the planner removes them
+    wanted = {f.path for f in desired.files}
+    for path in manifest.files:
+        if path not in wanted:
+            contents[path] = executor.read(path)
     return Facts(
         stats=stats,
         contents=contents,
@@ -69,6 +75,6 @@ def observe(executor: Executor, config: Config, desired: Desired, *, images: boo
         subgid=[(r.name, r.start, r.count) for r in executor.subids("subgid")],
         linger=linger,
         active=active,
-        manifest=Manifest.parse(executor.read(layout.manifest)),
+        manifest=manifest,
         images=present,
     )

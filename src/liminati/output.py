@@ -14,6 +14,7 @@ _SIGN = {
     Change.UPDATE: ("~", "yellow"),
     Change.UNCHANGED: ("=", None),
     Change.DRIFT: ("!", "red"),
+    Change.REMOVE: ("-", "red"),
 }
 
 
@@ -57,6 +58,8 @@ def summary(plan: Plan) -> str:
         f"{counts[Change.CREATE]} to create, {counts[Change.UPDATE]} to update, "
         f"{counts[Change.UNCHANGED]} unchanged"
     )
+    if counts[Change.REMOVE]:
+        text += f", {counts[Change.REMOVE]} to remove"
     if counts[Change.DRIFT]:
         text += f", {counts[Change.DRIFT]} edited by hand (kept; --force replaces)"
     return text

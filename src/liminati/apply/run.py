@@ -78,8 +78,27 @@ def apply_plan(
     for parent in sorted({str(PurePosixPath(p).parent) for p in files} | {str(layout.state_dir)}):
         result.cleaned += executor.remove_stale_temp(parent)
 
-    # 3. files; the manifest records every managed file as it now is
+    # 3. files; the manifest records every managed file as it now is. Units no longer
+    # configured stop first: their quadlet goes with the files.
+    for a in plan.of_kind("unit"):
+        if a.change is Change.REMOVE:
+            user, unit = a.target.split("/", 1)
+            progress(f"stopping {unit} ({user}): no longer configured...")
+            executor.systemctl_user(user, "stop", unit, check=False)
+            manifest.units.pop(a.target, None)
+            done(a, f"stopped {unit} ({user})")
     for a in plan.of_kind("file"):
+        if a.change is Change.REMOVE:
+            dest = layout.backups / stamp / PurePosixPath(a.target).relative_to("/")
+            if executor.stat(a.target) is not None:
+                executor.copy_to(a.target, dest)
+                result.backups.append(str(dest))
+                executor.remove(a.target)
+            manifest.files.pop(a.target, None)
+            done(a, f"removed {a.target} (no longer configured)")
+            continue
+        if a.target not in files:
+            continue  # a file no longer configured but edited by hand: kept (drift)
         f = files[a.target]
         if a.change is Change.DRIFT:
             progress(f"kept {f.path}: edited by hand (use --force to replace it)")
@@ -118,7 +137,7 @@ def apply_plan(
             executor.pull_image(a.user, a.target)
             done(a, f"pulled {a.target} for {a.user}")
     for a in plan.of_kind("unit"):
-        if not a.changes:
+        if not a.changes or a.change is Change.REMOVE:
             continue
         user, unit = a.target.split("/", 1)
         progress(f"{a.verb} {unit} ({user})...")

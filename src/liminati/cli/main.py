@@ -19,6 +19,7 @@ from liminati import __version__, output
 from liminati.apply.cert import cert_status, forget_previous_ca, renew_leaf, rotate_ca
 from liminati.apply.engine import Pass, real_generators, resolve_listen_ip, run_pass
 from liminati.apply.keys import add_key, list_keys, revoke_key
+from liminati.apply.models import read_state as read_models_state
 from liminati.apply.preflight import ROOT_PROBLEM, preflight
 from liminati.apply.run import apply_plan
 from liminati.apply.services import find_service, journal_argv, service_status
@@ -29,6 +30,7 @@ from liminati.errors import ExitCode, LiminatiError, PreflightError, UsageError
 from liminati.executor import Executor, HostExecutor, StagingExecutor
 from liminati.layout import Layout
 from liminati.plan import Generators, Manifest
+from liminati.plan.models import effective as effective_models
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,8 +58,11 @@ def _default_env() -> Env:
 @dataclass
 class Context:
     executor: Executor
+    #: the configuration in effect: the file (or defaults) with `liminati model switch`es applied
     config: Config
     env: Env
+    #: the configuration as written, before switches (None: same as config)
+    declared: Config | None = None
 
 
 def host_options(fn: F) -> F:
@@ -99,9 +104,16 @@ def host_options(fn: F) -> F:
             source = str(executor.host_path(DEFAULT_PATH))
         config = parse_config(text, source, {"listen_ip": listen_ip})
         env: Env = click.get_current_context().obj
-        return fn(Context(executor, config, env), **kw)
+        # a non-root `plan` cannot read root's state: it shows the file as written
+        state = read_models_state(executor, config) if _readable(executor) else None
+        in_effect = effective_models(config, state) if state else config
+        return fn(Context(executor, in_effect, env, declared=config), **kw)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _readable(executor: Executor) -> bool:
+    return executor.staged or executor.is_root()
 
 
 EPILOG_EXAMPLES = """
@@ -615,7 +627,10 @@ def config_show(ctx: Context, as_json: bool) -> int:
     return ExitCode.OK
 
 
-# --- entry points -------------------------------------------------------------------------------
+# verbs in modules of their own (they import this module's helpers)
+from liminati.cli.models import model  # noqa: E402
+
+cli.add_command(model)
 
 
 def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:

@@ -232,6 +232,29 @@ def build_plan(
         if verb != "reload":
             reload_users.setdefault(unit.user, f"{unit.unit} must {verb}")
         unit_actions.append(Action("unit", key, Change.UPDATE, reason, verb=verb, user=unit.user))
+    # units liminati started that the config no longer has (a model taken out of [[models]]):
+    # stopped before their files go
+    retired: list[Action] = []
+    wanted = {f"{u.user}/{u.unit}" for u in desired.units}
+    for key in sorted(set(manifest.units) - wanted):
+        user = key.split("/", 1)[0]
+        why = "no longer configured: stopped"
+        retired.append(Action("unit", key, Change.REMOVE, why, verb="stop", user=user))
+        reload_users.setdefault(user, f"{key.split('/', 1)[1]} is retired")
+    desired_paths = {f.path for f in desired.files}
+    for path in sorted(set(manifest.files) - desired_paths):
+        have = facts.contents.get(path)
+        if have is None:
+            actions.append(
+                Action("file", path, Change.REMOVE, "no longer configured; already gone")
+            )
+        elif sha256(have) != manifest.files[path] and not force:
+            why = "no longer configured, but edited by hand: kept; --force removes it"
+            actions.append(Action("file", path, Change.DRIFT, why))
+        else:
+            why = "no longer configured: removed, backup kept"
+            actions.append(Action("file", path, Change.REMOVE, why, backup=True))
+    unit_actions = retired + unit_actions
     # images: pulled as their user before any unit starts (progress shown, many GB for vLLM)
     if start_units:
         for owner, image in dict.fromkeys((u.user, u.image) for u in desired.units):

@@ -12,6 +12,8 @@ class Change(Enum):
     UNCHANGED = "unchanged"
     #: edited by hand since liminati wrote it: kept unless --force
     DRIFT = "drift"
+    #: liminati wrote it and the config no longer asks for it (a model taken out of [[models]])
+    REMOVE = "remove"
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class Action:
 
     @property
     def changes(self) -> bool:
-        return self.change in (Change.CREATE, Change.UPDATE)
+        return self.change in (Change.CREATE, Change.UPDATE, Change.REMOVE)
 
 
 @dataclass(frozen=True)

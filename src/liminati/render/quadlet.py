@@ -27,7 +27,11 @@ def _pull(config: Config) -> tuple[str, ...]:
     return (f"--pull={config.images.pull}",)
 
 
-def build_vllm(config: Config, layout: Layout, model: Model) -> ContainerSpec:
+def build_vllm(
+    config: Config, layout: Layout, model: Model, *, standby: bool = False
+) -> ContainerSpec:
+    """The unit serving `model`; with `standby`, the one `liminati model switch` starts on the
+    standby port first (same alias and key; no restart: a failure must stay a failure)."""
     args: list[str] = [
         "--model",
         model.model,
@@ -53,13 +57,14 @@ def build_vllm(config: Config, layout: Layout, model: Model) -> ContainerSpec:
         devices = ("nvidia.com/gpu=all",)
     else:
         devices = tuple(f"nvidia.com/gpu={g}" for g in model.gpus.split(","))
+    role = "vLLM standby (model switch)" if standby else "vLLM"
     return ContainerSpec(
         header=HEADER,
-        description=f"liminati: vLLM serving {model.model} as {model.served_name}",
-        name=model.unit,
+        description=f"liminati: {role} serving {model.model} as {model.served_name}",
+        name=model.standby_unit if standby else model.unit,
         image=config.images.vllm,
         exec_args=tuple(args),
-        publish=(f"127.0.0.1:{model.port}:8000",),
+        publish=(f"127.0.0.1:{model.standby if standby else model.port}:8000",),
         volumes=(f"{layout.hf_cache}:/root/.cache/huggingface:Z",),
         # VLLM_API_KEY: the internal key, read by vLLM from its environment, never in argv
         environment_files=(str(layout.vllm_env(model)),),
@@ -74,6 +79,7 @@ def build_vllm(config: Config, layout: Layout, model: Model) -> ContainerSpec:
         labels=(("io.liminati.service", "vllm"), ("io.liminati.model", model.served_name)),
         timeout_start_sec=config.vllm.start_timeout_seconds,
         timeout_stop_sec=120,
+        restart="no" if standby else "always",
     )
 
 
