@@ -161,3 +161,33 @@ def test_a_retired_file_edited_by_hand_is_kept(run_cli: RunCli, tmp_path: Path) 
     assert code == 0, err
     assert quadlet.read_text().endswith("# mine\n")
     assert "edited by hand" in err
+
+
+def test_remove_deletes_an_unused_cached_model_only_with_purge(
+    run_cli: RunCli, tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    args = ("--root", str(root), "--listen-ip", IP)
+    assert run_cli("install", *args)[0] == 0
+    hub = root / "var/lib/vllm/.cache/huggingface/hub"
+    for repo in ("models--Qwen--Qwen2.5-7B-Instruct", "models--org--old"):
+        snap = hub / repo / "snapshots/abc"
+        snap.mkdir(parents=True)
+        (snap / "config.json").write_text("{}")
+        (snap / "model.safetensors").write_bytes(b"\0" * 65536)
+    code, out, err = run_cli("model", "list", "--json", *args)
+    assert code == 0, err
+    cached = {c["model"]: c["served_by"] for c in json.loads(out)["cached"]}
+    assert cached == {"Qwen/Qwen2.5-7B-Instruct": ["qwen"], "org/old": []}
+    code, _, err = run_cli("model", "remove", "org/old", *args)
+    assert code == 2 and "add --purge" in err and (hub / "models--org--old").is_dir()
+    code, _, err = run_cli("model", "remove", "Qwen/Qwen2.5-7B-Instruct", "--purge", *args)
+    assert code == 2 and "served by qwen" in err
+    code, _, err = run_cli("model", "remove", "qwen", "--purge", *args)
+    assert code == 2 and "take its [[models]] entry out" in err
+    code, _, err = run_cli("model", "remove", "org/old", "--purge", *args)
+    assert code == 0, err
+    assert (
+        not (hub / "models--org--old").exists()
+        and (hub / "models--Qwen--Qwen2.5-7B-Instruct").is_dir()
+    )

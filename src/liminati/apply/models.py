@@ -469,3 +469,34 @@ def switch_model(
         f"{new.model} did not start: {why}; rolled back: {status}",
         hint=f"the end of {slot.unit}'s log:\n{tail}" if tail else "",
     )
+
+
+# --- remove ---------------------------------------------------------------------------------------
+
+
+def remove_cached(executor: Executor, config: Config, name: str, *, purge: bool) -> int:
+    """Delete a cached model that no slot serves; returns the bytes freed."""
+    for m in config.models:
+        if name in (m.name, m.served_name, m.unit):
+            raise UsageError(
+                f"{name} is a served model ({m.unit}, {m.model})",
+                hint="take its [[models]] entry out of the config and run `liminati install` "
+                "(its unit stops and its files go); then `liminati model remove "
+                f"{m.model} --purge` frees its cache",
+            )
+    found = [c for c in cached_models(executor, config) if c["model"] == name]
+    if not found:
+        raise UsageError(f"{name} is not in vllm-user's cache", hint="liminati model list")
+    if found[0]["served_by"]:
+        slots = ", ".join(found[0]["served_by"])
+        raise UsageError(
+            f"{name} is served by {slots}", hint="switch that model to other weights first"
+        )
+    if not purge:
+        raise UsageError(
+            f"removing {name} deletes its {found[0]['bytes'] / GIB:.2f} GiB from the cache",
+            hint="add --purge to delete it",
+        )
+    executor.remove_tree(Layout(config).hf_cache / "hub" / repo_folder(name))
+    freed: int = found[0]["bytes"]
+    return freed

@@ -9,6 +9,7 @@ from liminati.apply.models import (
     cached_models,
     preflight_switch,
     read_state,
+    remove_cached,
     served_models,
     show_model,
     switch_model,
@@ -151,4 +152,24 @@ def model_switch(
         progress=output.info,
     )
     output.info(f"Done: {slot.served_name} is served by {weights} ({slot.unit}).")
+    return ExitCode.OK
+
+
+@model.command("remove", epilog="""
+\b
+Examples:
+  sudo liminati model remove Qwen/Qwen2.5-7B-Instruct --purge
+
+\b
+A served model is a [[models]] entry of the config: take it out and run `liminati install`
+(its unit stops, its files go); then remove its weights from the cache with this command.
+""")  # fmt: skip
+@host_options
+@click.argument("name", metavar="MODEL")
+@click.option("--purge", is_flag=True, help="really delete the model's files from the cache")
+def model_remove(ctx: Context, name: str, purge: bool) -> int:
+    """Delete a cached model that no served model uses from vllm-user's cache."""
+    _require_root(ctx.executor)
+    freed = remove_cached(ctx.executor, ctx.config, name, purge=purge)
+    output.info(f"Removed {name} from the cache ({freed / GIB:.2f} GiB freed).")
     return ExitCode.OK
