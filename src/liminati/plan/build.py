@@ -154,6 +154,8 @@ def build_plan(
                 )
             )
         elif fix := _attrs(st, d.mode, d.owner, d.group):
+            if d.data and (st[2], st[3]) != (d.owner, d.group):
+                fix += f"; what {st[2]}:{st[3]} owns inside follows"
             actions.append(Action("dir", d.path, Change.UPDATE, fix, attrs_only=True))
         else:
             actions.append(
@@ -237,10 +239,10 @@ def build_plan(
     retired: list[Action] = []
     wanted = {f"{u.user}/{u.unit}" for u in desired.units}
     for key in sorted(set(manifest.units) - wanted):
-        user = key.split("/", 1)[0]
+        owner, name = key.split("/", 1)
         why = "no longer configured: stopped"
-        retired.append(Action("unit", key, Change.REMOVE, why, verb="stop", user=user))
-        reload_users.setdefault(user, f"{key.split('/', 1)[1]} is retired")
+        retired.append(Action("unit", key, Change.REMOVE, why, verb="stop", user=owner))
+        reload_users.setdefault(owner, f"{name} is retired")
     desired_paths = {f.path for f in desired.files}
     for path in sorted(set(manifest.files) - desired_paths):
         have = facts.contents.get(path)
