@@ -3,6 +3,7 @@ taken out of the config (its unit and files retired by `install`)."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path, PurePosixPath
 
@@ -191,3 +192,39 @@ def test_remove_deletes_an_unused_cached_model_only_with_purge(
         not (hub / "models--org--old").exists()
         and (hub / "models--Qwen--Qwen2.5-7B-Instruct").is_dir()
     )
+
+
+def test_pull_runs_the_image_as_the_user_with_no_secret_in_argv() -> None:
+    from liminati.apply.models import pull_argv
+
+    config = parse_config("", "t", {})
+    argv = pull_argv(config, "org/m", "", "http://127.0.0.1:18990", token=True)
+    assert argv[:3] == ["podman", "run", "--rm"]
+    assert "--network=pasta:-T,18990" in argv
+    assert argv[argv.index("--env-file") + 1] == "/var/lib/vllm/.config/liminati/hf-token.env"
+    assert "-v" in argv and "/var/lib/vllm/.cache/huggingface:/root/.cache/huggingface:z" in argv
+    assert argv[-2:] == ["org/m", ""]
+    assert not any("hf_" in a for a in argv)
+    plain = pull_argv(config, "org/m", "v1", "", token=False)
+    assert "--env-file" not in plain and "--network=pasta" in plain and plain[-1] == "v1"
+
+
+def test_token_set_keeps_it_0600_for_vllm_user_and_never_prints_it(
+    run_cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "root"
+    args = ("--root", str(root), "--listen-ip", IP)
+    assert run_cli("install", *args)[0] == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("not a token!\n"))
+    code, out, err = run_cli("model", "token", "set", *args)
+    assert code == 2 and "does not look like a Hugging Face token" in err
+    token = "hf_abcdefghijklmnopqrstuvwxyz0123456789"
+    monkeypatch.setattr("sys.stdin", io.StringIO(token + "\n"))
+    code, out, err = run_cli("model", "token", "set", *args)
+    assert code == 0, err
+    assert token not in out + err
+    path = root / "var/lib/vllm/.config/liminati/hf-token.env"
+    assert path.read_text() == f"HF_TOKEN={token}\n" and (path.stat().st_mode & 0o777) == 0o600
+    assert run_cli("model", "token", "status", *args)[0] == 0
+    assert run_cli("model", "token", "clear", *args)[0] == 0
+    assert not path.exists() and run_cli("model", "token", "status", *args)[0] == 4

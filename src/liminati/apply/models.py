@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from liminati.errors import HostError, LiminatiError, UsageError
 from liminati.executor import Executor
 from liminati.layout import Layout
 from liminati.plan.models import (
+    CONTAINER_HF_HOME,
     GIB,
     ModelsState,
     Switched,
@@ -500,3 +503,93 @@ def remove_cached(executor: Executor, config: Config, name: str, *, purge: bool)
     executor.remove_tree(Layout(config).hf_cache / "hub" / repo_folder(name))
     freed: int = found[0]["bytes"]
     return freed
+
+
+# --- pull and the Hugging Face token -------------------------------------------------------------
+
+#: run inside the vLLM image, which has huggingface_hub: downloads into HF_HOME, resumes what an
+#: interrupted pull left (huggingface_hub keeps partial files), prints the snapshot folder
+PULL_SCRIPT = (
+    "import sys; from huggingface_hub import snapshot_download; "
+    "print('snapshot:', snapshot_download(sys.argv[1], revision=sys.argv[2] or None))"
+)
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{8,256}$")
+
+
+def token_path(config: Config) -> PurePosixPath:
+    """vllm-user's Hugging Face token: an env file only that user (and root) can read."""
+    return Layout.private_dir(config.users.vllm) / "hf-token.env"
+
+
+def set_token(executor: Executor, config: Config, token: str) -> None:
+    token = token.strip()
+    if not _TOKEN.match(token):
+        raise UsageError(
+            "that does not look like a Hugging Face token",
+            hint="copy it from https://huggingface.co/settings/tokens (hf_...) and paste it "
+            "on standard input",
+        )
+    user = config.users.vllm.name
+    if executor.user(user) is None and not executor.staged:
+        raise UsageError(f"{user} does not exist yet", hint="run `liminati install` first")
+    executor.write_file(token_path(config), f"HF_TOKEN={token}\n".encode(), 0o600, user, user)
+
+
+def clear_token(executor: Executor, config: Config) -> bool:
+    present = executor.stat(token_path(config)) is not None
+    executor.remove(token_path(config))
+    return present
+
+
+def has_token(executor: Executor, config: Config) -> bool:
+    return executor.stat(token_path(config)) is not None
+
+
+def pull_argv(config: Config, repo: str, revision: str, endpoint: str, token: bool) -> list[str]:
+    """podman run, as vllm-user, of the vLLM image's own huggingface_hub. No secret in it: the
+    token travels in an env file."""
+    layout = Layout(config)
+    network = "pasta"
+    where = urllib.parse.urlsplit(endpoint) if endpoint else None
+    if where is not None and where.hostname in ("127.0.0.1", "localhost", "::1"):
+        # a mirror on the host's loopback: pasta forwards that port into the container
+        network += f":-T,{where.port or (443 if where.scheme == 'https' else 80)}"
+    argv = [
+        "podman", "run", "--rm", f"--pull={config.images.pull}", "--entrypoint", "python3",
+        f"--network={network}",
+        "-v", f"{layout.hf_cache}:{CONTAINER_HF_HOME}:z",
+        "-e", f"HF_HOME={CONTAINER_HF_HOME}",
+        "-e", "HF_HUB_OFFLINE=0", "-e", "TRANSFORMERS_OFFLINE=0",
+        "-e", "HF_HUB_DISABLE_TELEMETRY=1",
+    ]  # fmt: skip
+    if endpoint:
+        argv += ["-e", f"HF_ENDPOINT={endpoint}"]
+    if token:
+        argv += ["--env-file", str(token_path(config))]
+    return [*argv, config.images.vllm, "-c", PULL_SCRIPT, repo, revision]
+
+
+def pull_model(executor: Executor, config: Config, repo: str, revision: str, endpoint: str) -> None:
+    if not is_repo_id(repo):
+        raise UsageError(
+            f"{repo} is a path: pull takes a Hugging Face id like Qwen/Qwen2.5-7B-Instruct",
+            hint="copy a local model under vllm-user's cache instead",
+        )
+    try:
+        with_model(config.models[0], repo)
+    except ValueError:
+        raise UsageError(
+            f"{repo!r} is not a Hugging Face id", hint="like Qwen/Qwen2.5-7B-Instruct"
+        ) from None
+    user = config.users.vllm.name
+    if executor.user(user) is None:
+        raise UsageError(f"{user} does not exist yet", hint="run `liminati install` first")
+    argv = pull_argv(config, repo, revision, endpoint, has_token(executor, config))
+    try:
+        executor.user_stream(user, argv)
+    except HostError:
+        raise HostError(
+            f"pulling {repo} as {user} failed (the output above says why)",
+            hint="a gated model needs `liminati model token set` (and its terms accepted on "
+            "the Hub); run the same command again to resume an interrupted download",
+        ) from None

@@ -1,16 +1,23 @@
-"""`liminati model`: list, show and switch the models vLLM serves."""
+"""`liminati model`: list, show, pull, switch and remove the models vLLM serves."""
 
 from __future__ import annotations
+
+import os
+import sys
 
 import click
 
 from liminati import output
 from liminati.apply.models import (
     cached_models,
+    clear_token,
+    has_token,
     preflight_switch,
+    pull_model,
     read_state,
     remove_cached,
     served_models,
+    set_token,
     show_model,
     switch_model,
 )
@@ -172,4 +179,80 @@ def model_remove(ctx: Context, name: str, purge: bool) -> int:
     _require_root(ctx.executor)
     freed = remove_cached(ctx.executor, ctx.config, name, purge=purge)
     output.info(f"Removed {name} from the cache ({freed / GIB:.2f} GiB freed).")
+    return ExitCode.OK
+
+
+@model.command("pull", epilog="""
+\b
+Examples:
+  sudo liminati model pull Qwen/Qwen2.5-7B-Instruct
+  sudo liminati model pull meta-llama/Llama-3.1-8B-Instruct --revision main
+  sudo HF_ENDPOINT=https://hf-mirror.example.internal liminati model pull org/model
+
+\b
+Runs the vLLM image's own huggingface_hub as vllm-user, into vllm-user's cache, with its
+progress bars. Run it again to resume an interrupted download. Gated models need a token:
+`liminati model token set` (never an argument or an environment line of a unit).
+""")  # fmt: skip
+@host_options
+@click.argument("repo", metavar="MODEL")
+@click.option("--revision", default="", metavar="REV", help="branch, tag or commit [default: main]")
+def model_pull(ctx: Context, repo: str, revision: str) -> int:
+    """Download MODEL (a Hugging Face id) into vllm-user's cache."""
+    _require_root(ctx.executor)
+    if ctx.executor.staged:
+        raise UsageError("a staged install cannot download", hint="run it on the host")
+    endpoint = os.environ.get("HF_ENDPOINT", "")
+    where = f" from {endpoint}" if endpoint else ""
+    output.info(f"Pulling {repo}{where} into {ctx.config.users.vllm.name}'s cache...")
+    pull_model(ctx.executor, ctx.config, repo, revision, endpoint)
+    output.info(f"Done: {repo} is cached (`liminati model list`).")
+    return ExitCode.OK
+
+
+@model.group("token", epilog="""
+\b
+Examples:
+  sudo liminati model token set < hf-token.txt
+  sudo liminati model token status
+  sudo liminati model token clear
+""")  # fmt: skip
+def token() -> None:
+    """The Hugging Face token for gated models (a 0600 file of vllm-user; never printed)."""
+
+
+@token.command("set")
+@host_options
+def token_set(ctx: Context) -> int:
+    """Read the token from standard input (hidden when typed) and keep it for `model pull`."""
+    _require_root(ctx.executor)
+    stdin = sys.stdin
+    if stdin.isatty():
+        value = str(click.prompt("Hugging Face token", hide_input=True))
+    else:
+        value = stdin.read()
+    set_token(ctx.executor, ctx.config, value)
+    output.info(f"Token saved for {ctx.config.users.vllm.name} (readable by it and root only).")
+    return ExitCode.OK
+
+
+@token.command("status")
+@host_options
+def token_status(ctx: Context) -> int:
+    """Whether a token is set (exit 4 when not)."""
+    _require_root(ctx.executor)
+    if has_token(ctx.executor, ctx.config):
+        output.data("a Hugging Face token is set")
+        return ExitCode.OK
+    output.data("no Hugging Face token is set")
+    return ExitCode.CHECKS_FAILED
+
+
+@token.command("clear")
+@host_options
+def token_clear(ctx: Context) -> int:
+    """Forget the token."""
+    _require_root(ctx.executor)
+    gone = clear_token(ctx.executor, ctx.config)
+    output.info("Token removed." if gone else "No token was set.")
     return ExitCode.OK

@@ -65,7 +65,9 @@ def build_vllm(
         image=config.images.vllm,
         exec_args=tuple(args),
         publish=(f"127.0.0.1:{model.standby if standby else model.port}:8000",),
-        volumes=(f"{layout.hf_cache}:/root/.cache/huggingface:Z",),
+        # lowercase z: the cache is shared by every vLLM unit of the user (several models, the
+        # standby of a switch, `model pull`); Z would relabel it away from the others
+        volumes=(f"{layout.hf_cache}:/root/.cache/huggingface:z",),
         # VLLM_API_KEY: the internal key, read by vLLM from its environment, never in argv
         environment_files=(str(layout.vllm_env(model)),),
         environment=(("HF_HOME", "/root/.cache/huggingface"),),
