@@ -62,6 +62,19 @@ class Routed:
     def kill(self, port: int) -> None:
         self.gw.ns.stop(self.stubs.pop(port))
 
+    def closer(self, port: int) -> None:
+        """What a rootless container's published port does while the container restarts:
+        pasta accepts the connection and closes it at once (no refusal)."""
+        script = (
+            "import socket; s = socket.socket(); "
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+            f"s.bind(('127.0.0.1', {port})); s.listen(64)\n"
+            "while True:\n    c, _ = s.accept(); c.close()"
+        )
+        self.gw.spawn([sys.executable, "-c", script], f"closer-{port}")
+        self.stubs[port] = self.gw.procs[-1]
+        self.gw.wait(lambda: self._listening(port))
+
     def api(self, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
         port = self.gw.ns.https_port
         url = f"https://{VLLM}{'' if port == 443 else f':{port}'}{path}"
@@ -176,3 +189,19 @@ def test_the_standby_answers_while_the_main_unit_is_down(routed: Routed) -> None
     # with the standby gone, the main unit serves again
     code, body = routed.api("/v1/chat/completions", chat("org/small-1b"))
     assert code == 200 and body["served_by"] == 8001, body
+
+
+def test_a_restarting_main_unit_that_accepts_and_closes_falls_back_too(routed: Routed) -> None:
+    """Rootless podman keeps the port open while the container is down: a POST that meets a
+    closed connection before any response goes to the standby, not back as a 502."""
+    routed.stub(8201, "org/small-1b")
+    routed.kill(8001)
+    routed.closer(8001)
+    try:
+        for path in ("/v1/chat/completions", "/v1/completions"):
+            code, body = routed.api(path, chat("org/small-1b"))
+            assert code == 200 and body["served_by"] == 8201, body
+    finally:
+        routed.kill(8001)
+        routed.kill(8201)
+        routed.stub(8001, "org/small-1b")

@@ -57,6 +57,7 @@ def render_nginx(config: Config, api_keys: dict[str, str], internal_key: str) ->
             "nginx/vllm-auth.conf.j2", internal_key=internal_key
         ),
         "snippets/api-keys.map": render_api_keys_map(api_keys),
+        "snippets/vllm-failover.conf": render_template("nginx/vllm-failover.conf.j2"),
         "conf.d/00-default.conf": render_template("nginx/00-default.conf.j2", **common),
         "conf.d/10-redirect.conf": render_template("nginx/10-redirect.conf.j2", **common),
         "conf.d/20-webui.conf": render_template(
