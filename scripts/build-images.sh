@@ -161,9 +161,14 @@ image_vllm() {
     HOOKS=('mkdir -p "$1/models"')
     ADD=("$venv" "$tiny:/models/tiny-llama")
     # VLLM_CPU_KVCACHE_SPACE: a fixed KV cache (GiB) instead of --gpu-memory-utilization's
-    # fraction of the machine's RAM (see tests/live/backends.py, VLLM_CPU_ENV)
+    # fraction of the machine's RAM (see tests/live/backends.py, VLLM_CPU_ENV).
+    # VLLM_CPU_OMP_THREADS_BIND=nobind, OMP_NUM_THREADS=1: by default every vLLM CPU instance
+    # pins its worker to the same core (core 0 on two cores, the other "reserved"), so a second
+    # instance (a switch's standby, a second model) starves behind the first and its start-up
+    # compile takes many minutes; unpinned, two instances share the two cores.
     CONFIG='{"Env": ["PATH='"$venv/bin:$BASE_PATH"'", "LANG=C.UTF-8", "HOME=/root",
         "VLLM_CPU_KVCACHE_SPACE=1", "VLLM_NO_USAGE_STATS=1", "PYTHONUNBUFFERED=1",
+        "VLLM_CPU_OMP_THREADS_BIND=nobind", "OMP_NUM_THREADS=1",
         '"$OFFLINE_ENV"'],
         "Entrypoint": ["'"$venv"'/bin/python", "-m", "vllm.entrypoints.openai.api_server"],
         "ExposedPorts": {"8000/tcp": {}}}'
