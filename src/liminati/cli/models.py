@@ -221,7 +221,12 @@ def token() -> None:
     """The Hugging Face token for gated models (a 0600 file of vllm-user; never printed)."""
 
 
-@token.command("set")
+@token.command("set", epilog="""
+\b
+Examples:
+  sudo liminati model token set < hf-token.txt
+  sudo liminati model token set          (asks, input hidden)
+""")  # fmt: skip
 @host_options
 def token_set(ctx: Context) -> int:
     """Read the token from standard input (hidden when typed) and keep it for `model pull`."""
@@ -236,7 +241,11 @@ def token_set(ctx: Context) -> int:
     return ExitCode.OK
 
 
-@token.command("status")
+@token.command("status", epilog="""
+\b
+Examples:
+  sudo liminati model token status
+""")  # fmt: skip
 @host_options
 def token_status(ctx: Context) -> int:
     """Whether a token is set (exit 4 when not)."""
@@ -248,7 +257,11 @@ def token_status(ctx: Context) -> int:
     return ExitCode.CHECKS_FAILED
 
 
-@token.command("clear")
+@token.command("clear", epilog="""
+\b
+Examples:
+  sudo liminati model token clear
+""")  # fmt: skip
 @host_options
 def token_clear(ctx: Context) -> int:
     """Forget the token."""
