@@ -25,10 +25,25 @@ from stack import Stack, start_stack  # noqa: E402
 _TIMINGS: dict[str, float] = {}
 
 
+#: the order the test_stack_* modules share the running stack in: read-only checks first, then
+#: doctor (it judges the stack as a person would after install), the modules that change and
+#: restore it, and the destructive lifecycle (reboot, uninstall) last
+STACK_ORDER = {
+    "test_stack_running": 0,
+    "test_stack_doctor": 1,
+    "test_stack_isolation": 2,
+    "test_stack_zlifecycle": 9,
+}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if HERE in item.path.resolve().parents:
-            item.add_marker(pytest.mark.system)
+    mine = [i for i, item in enumerate(items) if HERE in item.path.resolve().parents]
+    for i in mine:
+        items[i].add_marker(pytest.mark.system)
+    # stable sort of this directory's items only, in their own slots (other tiers keep theirs)
+    ordered = sorted((items[i] for i in mine), key=lambda it: STACK_ORDER.get(it.path.stem, 5))
+    for i, item in zip(mine, ordered, strict=True):
+        items[i] = item
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -8,6 +8,11 @@ root on the host (systemd-nspawn, nsenter, chmod on /dev nodes). See the README,
         system.run(["systemctl", "is-system-running"])
         system.install_liminati(repo)
         system.add_dummy_interface()      # tailscale0 with 100.64.0.10/32, inside only
+        system.reboot()                   # `systemctl reboot`, booted again, interfaces too
+
+Each booted system runs in a cgroup (v2) of its own, and the commands run inside enter from
+it: this host has no systemd, and without that two systems booted side by side would share
+the unit cgroups of their (same-uid) service users.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -198,6 +203,28 @@ def _reap_stale_boots(boots: Path) -> None:
             if b"systemd-nspawn" in cmdline[0] and str(folder).encode() in b" ".join(cmdline):
                 _kill_nspawn(nspawn)
         subprocess.run(["rm", "-rf", "--one-file-system", str(folder)], check=False)
+        mount = _cgroup2_mount()
+        if mount is not None:
+            _remove_cgroup(mount / folder.name)
+
+
+def _cgroup2_mount() -> Path | None:
+    """Where the cgroup v2 hierarchy is mounted on the host (hybrid hosts: .../unified)."""
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == "cgroup2":
+            return Path(fields[1])
+    return None
+
+
+def _remove_cgroup(top: Path) -> None:
+    """rmdir a cgroup and the ones below it, deepest first (a cgroup is removed with rmdir
+    once it holds no process)."""
+    if not top.is_dir():
+        return
+    for dirpath, _, _ in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
+        with contextlib.suppress(OSError):
+            os.rmdir(dirpath)
 
 
 def _kill_nspawn(pid: int) -> None:
@@ -233,8 +260,13 @@ class BootedSystem:
         self._dir: Path | None = None
         self._nspawn: subprocess.Popen[bytes] | None = None
         self._log: Path | None = None
+        #: the cgroup (v2) the container runs in: its own, so that two booted systems never share
+        #: unit cgroups (see _boot)
+        self._cgroup: Path | None = None
         self._pid1: int | None = None
         self._netns: list[str] = []
+        #: the add_tailnet_interface calls made, to make them again after a reboot
+        self._tailnet: list[tuple[str, str, str | None, str]] = []
         self.state: str = "not started"
         self.failed_units: str = ""
         self.timings: dict[str, float] = {}
@@ -286,6 +318,10 @@ class BootedSystem:
         name = f"liminati-{secrets.token_hex(4)}"
         self._dir = self._boots / name
         self._dir.mkdir(mode=0o700)
+        mount = _cgroup2_mount()
+        if mount is not None:
+            self._cgroup = mount / name
+            self._cgroup.mkdir(exist_ok=True)
         (self._dir / "owner.pid").write_text(f"{os.getpid()}\n")
 
         t0 = time.monotonic()
@@ -298,9 +334,27 @@ class BootedSystem:
 
         self._log = self._dir / "console.log"
         t1 = time.monotonic()
-        with self._log.open("wb") as log:
+        self._boot()
+        self.timings["boot"] = time.monotonic() - t1
+
+    def _boot(self, on_init: Callable[[], None] | None = None) -> None:
+        """Start systemd-nspawn on the copy and wait until its systemd reports running;
+        on_init runs as soon as the container's init exists (its namespaces do).
+
+        The console log is appended to, so that it holds every boot of a rebooted system.
+        """
+        assert self._dir is not None and self._log is not None
+        nspawn = ["systemd-nspawn", "-b", "-D", str(self.root), *NSPAWN_FLAGS]
+        if self._cgroup is not None:
+            # This host has no systemd: nspawn would run every container in the cgroup it was
+            # started from, the root, so two booted systems would share "payload/user.slice/
+            # user-996.slice/..." (same uids, same units): stopping one's user manager would
+            # kill the other's processes. Start it in a cgroup of its own instead.
+            nspawn = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"',
+                      str(self._cgroup), *nspawn]  # fmt: skip
+        with self._log.open("ab") as log:
             self._nspawn = subprocess.Popen(
-                ["systemd-nspawn", "-b", "-D", str(self.root), *NSPAWN_FLAGS],
+                nspawn,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -310,8 +364,53 @@ class BootedSystem:
             )
         (self._dir / "owner.pid").write_text(f"{os.getpid()} {self._nspawn.pid}\n")
         self._pid1 = self._find_pid1(deadline=time.monotonic() + 15)
+        if on_init is not None:
+            on_init()
         self._wait_running(deadline=time.monotonic() + self.boot_timeout)
-        self.timings["boot"] = time.monotonic() - t1
+
+    def reboot(self, *, shutdown_timeout: float = 180.0) -> float:
+        """`systemctl reboot` inside, then boot the same copy again; return the seconds from the
+        reboot command until the system runs again (timings: "reboot: shutdown", "reboot: boot").
+
+        systemd-nspawn exits with status 133 when the container's init reboots (it does not
+        boot it again itself). Its network namespace dies with it, and with it each tailnet
+        veth pair (both ends): every add_tailnet_interface call is made again on the new
+        namespace as soon as the new init exists, as tailscaled brings its interface up during
+        boot, while the services may already be starting.
+        """
+        nspawn = self._nspawn
+        if nspawn is None or self._log is None:
+            raise NspawnError("the system is not booted")
+        t0 = time.monotonic()
+        # the bus goes away under systemctl: its exit status says nothing
+        self.run(["systemctl", "reboot"], check=False, timeout=30)
+        try:
+            code = nspawn.wait(timeout=shutdown_timeout)
+        except subprocess.TimeoutExpired:
+            raise NspawnError(
+                f"the system did not shut down within {shutdown_timeout:.0f}s of "
+                f"`systemctl reboot`:\n{self.console(60)}"
+            ) from None
+        self.timings["reboot: shutdown"] = time.monotonic() - t0
+        if code != 133:
+            raise NspawnError(
+                f"systemd-nspawn exited {code} after `systemctl reboot`, not 133 (reboot):\n"
+                + self.console(60)
+            )
+        self._nspawn, self._pid1 = None, None
+        with self._log.open("ab") as log:
+            log.write(b"\n===== liminati test harness: booting again after the reboot =====\n")
+        t1 = time.monotonic()
+        self._boot(on_init=self._add_tailnet_interfaces_again)
+        self.timings["reboot: boot"] = time.monotonic() - t1
+        return time.monotonic() - t0
+
+    def _add_tailnet_interfaces_again(self) -> None:
+        links, self._tailnet = self._tailnet, []
+        for name, address, peer_netns, peer_address in links:
+            self.add_tailnet_interface(
+                name, address, peer_netns=peer_netns, peer_address=peer_address
+            )
 
     def _find_pid1(self, deadline: float) -> int:
         assert self._nspawn is not None
@@ -383,6 +482,9 @@ class BootedSystem:
         netns, self._netns = self._netns, []
         for name in netns:
             subprocess.run(["ip", "netns", "delete", name], check=False)
+        cgroup, self._cgroup = self._cgroup, None
+        if cgroup is not None:
+            _remove_cgroup(cgroup)
         folder, self._dir, self._log = self._dir, None, None
         if folder is not None:
             # --one-file-system: never follow a mount out of the copy.
@@ -411,7 +513,7 @@ class BootedSystem:
         On timeout the whole process group is killed (the command runs in the container's PID
         namespace, so killing nsenter alone would leave it running) and TimeoutExpired raised.
         """
-        cmd = ["nsenter", "-t", str(self.pid1), "-a", *argv]
+        cmd = self._nsenter(argv)
         proc = subprocess.Popen(
             cmd,
             stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
@@ -436,6 +538,44 @@ class BootedSystem:
         if check and proc.returncode != 0:
             raise CommandError(proc.returncode, list(argv), stdout, stderr)
         return subprocess.CompletedProcess(list(argv), proc.returncode, stdout, stderr)
+
+    def _nsenter(self, argv: Sequence[str]) -> list[str]:
+        """nsenter into every namespace of the container, from the container's own cgroup.
+
+        Inside, systemd refuses to deal with a process whose cgroup lies more than one level
+        outside the container's cgroup namespace (sd-bus: EUNATCH, "Protocol driver not
+        attached": `loginctl enable-linger` fails). The container runs in <its cgroup>/payload
+        (see _boot): a process in <its cgroup> is one level out, as in nspawn's own layout.
+        """
+        cmd = ["nsenter", "-t", str(self.pid1), "-a", *argv]
+        if self._cgroup is None:
+            return cmd
+        return ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(self._cgroup), *cmd]
+
+    def popen(self, argv: Sequence[str]) -> subprocess.Popen[str]:
+        """Start argv inside as run() does, without waiting for it (text stdout and stderr
+        pipes). It leads a process group of its own: end it with stop_process()."""
+        return subprocess.Popen(
+            self._nsenter(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(INSIDE_ENV),
+            start_new_session=True,
+        )
+
+    @staticmethod
+    def stop_process(proc: subprocess.Popen[str], *, close: bool = True) -> None:
+        """SIGKILL a popen() process with everything it started inside (its process group),
+        then close its pipes (close=False: the caller still reads them, and closes them)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        if close:
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
 
     def sh(
         self,
@@ -578,6 +718,7 @@ class BootedSystem:
         self.run(["ip", "link", "set", name, "up"])
         if peer_netns is not None:
             self.run(["ip", "route", "replace", peer_ip, "dev", name])
+        self._tailnet.append((name, address, peer_netns, peer_address))
 
     # The name the first drafts used; the kernel here has no dummy links (see above).
     add_dummy_interface = add_tailnet_interface

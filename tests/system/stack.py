@@ -20,8 +20,8 @@ peer (a network namespace joined to the system by a veth pair, as 100.64.0.20): 
 WebUI's sign-in and its view of vLLM's models) and dnsmasq's answer for webui.<domain>.
 
 One stack is booted per session (conftest's `stack` fixture) and shared by the test_stack_*
-modules, which run in file order: read-only checks first, destructive ones (faults, reboot,
-uninstall) last. test_install_real.py uses a system of its own. Durations of each step go to
+modules, in the order conftest.STACK_ORDER gives: read-only checks first, destructive ones
+(faults, reboot, uninstall) last. test_install_real.py uses a system of its own. Durations of each step go to
 the tier-4 timing summary.
 """
 

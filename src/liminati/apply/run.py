@@ -71,6 +71,12 @@ def apply_plan(
                 raise HostError(
                     f"{d.path} exists and is not a directory", hint="move it away and re-run"
                 )
+            if d.data and st is not None and (st.owner, st.group) != (d.owner, d.group):
+                # what is inside first: until the folder itself changes owner, a run killed
+                # halfway through sees the old owner and moves the rest
+                moved = executor.move_ownership(d.path, st.owner, st.group, d.owner, d.group)
+                what = "entry" if moved == 1 else "entries"
+                progress(f"{moved} {what} in {d.path} moved from {st.owner} to {d.owner}")
             executor.make_dir(d.path, d.mode, d.owner, d.group)
             done(a, f"{'created' if a.change is Change.CREATE else 'fixed'} {d.path}")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from liminati.config import Config
-from liminati.errors import UsageError
+from liminati.errors import HostError, UsageError
 from liminati.executor import Executor
 from liminati.render.quadlet import build_service_names
 
@@ -62,6 +62,30 @@ def service_status(executor: Executor, config: Config) -> list[dict[str, object]
         )
         out.append(entry)
     return out
+
+
+def _props(executor: Executor, service: Service) -> dict[str, str]:
+    shown = executor.systemctl_user(
+        service.user, "show", "-p", "ActiveState,SubState,MainPID", service.unit, check=False
+    )
+    return dict(line.split("=", 1) for line in shown.stdout.splitlines() if "=" in line)
+
+
+def restart_service(executor: Executor, service: Service) -> str:
+    """Restart a service through its user's systemd and check that it runs again; return its
+    state for the report. systemd waits for the start (and, with Notify=healthy, for the
+    health check), so a unit that is not active right after has failed to come back."""
+    executor.systemctl_user(service.user, "restart", service.unit)
+    if executor.staged:
+        return "restart staged"
+    props = _props(executor, service)
+    state = f"{props.get('ActiveState', 'unknown')} ({props.get('SubState', '?')})"
+    if props.get("ActiveState") != "active":
+        raise HostError(
+            f"{service.name} ({service.unit} of {service.user}) is {state} after the restart",
+            hint=f"`liminati logs {service.name}` shows why",
+        )
+    return f"{state}, main PID {props.get('MainPID', '?')}"
 
 
 def journal_argv(executor: Executor, service: Service, follow: bool, lines: int) -> list[str]:

@@ -22,9 +22,16 @@ from liminati.apply.keys import add_key, list_keys, revoke_key
 from liminati.apply.models import read_state as read_models_state
 from liminati.apply.preflight import ROOT_PROBLEM, preflight
 from liminati.apply.run import apply_plan
-from liminati.apply.services import find_service, journal_argv, service_status
+from liminati.apply.services import (
+    find_service,
+    journal_argv,
+    restart_service,
+    service_status,
+)
 from liminati.apply.uninstall import uninstall as run_uninstall
 from liminati.apply.validate import groups_of, validate
+from liminati.cli.doctor import EPILOG as DOCTOR_EPILOG
+from liminati.cli.doctor import run_doctor
 from liminati.config import DEFAULT_PATH, Config, dump_config, parse_config, to_toml
 from liminati.errors import ExitCode, LiminatiError, PreflightError, UsageError
 from liminati.executor import Executor, HostExecutor, StagingExecutor
@@ -322,7 +329,8 @@ Examples:
 @host_options
 @click.argument("service")
 @click.option("-f", "--follow", is_flag=True, help="keep printing new lines")
-@click.option("-n", "--lines", default=100, show_default=True, help="how many recent lines")
+@click.option("-n", "--lines", default=100, show_default=True, type=click.IntRange(min=0),
+              help="how many recent lines")  # fmt: skip
 def logs(ctx: Context, service: str, follow: bool, lines: int) -> int:
     """The journal of SERVICE, read as root from the right user's units."""
     _require_root(ctx.executor)
@@ -343,8 +351,8 @@ def restart(ctx: Context, service: str) -> int:
     _require_root(ctx.executor)
     svc = find_service(ctx.config, service)
     output.info(f"restarting {svc.unit} ({svc.user})...")
-    ctx.executor.systemctl_user(svc.user, "restart", svc.unit)
-    output.info(f"{svc.name} restarted.")
+    state = restart_service(ctx.executor, svc)
+    output.info(f"{svc.name} restarted: {state}.")
     return ExitCode.OK
 
 
@@ -625,6 +633,29 @@ def config_show(ctx: Context, as_json: bool) -> int:
     else:
         output.data(to_toml(ctx.config).rstrip())
     return ExitCode.OK
+
+
+# --- doctor -------------------------------------------------------------------------------------
+
+
+@cli.command(epilog=DOCTOR_EPILOG)
+@host_options
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def doctor(ctx: Context, as_json: bool) -> int:
+    """End-to-end checks, each with a hint: services, users, DNS, TLS, the API, streaming,
+    Open WebUI's websocket, GPU/CDI, disk, Tailscale, images (exit 4 when one fails)."""
+    _require_root(ctx.executor)
+    return run_doctor(ctx.executor, ctx.config, ctx.env, as_json=as_json)
+
+
+# --- backup, restore, upgrade (liminati.cli.backup) -----------------------------------------------
+
+from liminati.cli.backup import register as _register_backup  # noqa: E402 (uses host_options)
+
+_register_backup(cli)
+
+
+# --- entry points -------------------------------------------------------------------------------
 
 
 # verbs in modules of their own (they import this module's helpers)

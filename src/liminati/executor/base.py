@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,14 @@ class Executor(ABC):
     def set_attrs(self, path: PurePosixPath | str, mode: int, owner: str, group: str) -> None: ...
 
     @abstractmethod
+    def move_ownership(
+        self, path: PurePosixPath | str, old_owner: str, old_group: str, owner: str, group: str
+    ) -> int:
+        """Give everything under path that old_owner (old_group) owns to owner (group), not
+        following symlinks; return how many entries changed. Entries of anyone else (a
+        container's own users) stay as they are."""
+
+    @abstractmethod
     def copy_to(self, src: PurePosixPath | str, dest: PurePosixPath | str) -> None:
         """Copy a file (for backups), keeping its mode."""
 
@@ -98,6 +107,19 @@ class Executor(ABC):
     @abstractmethod
     def host_path(self, path: PurePosixPath | str) -> Path:
         """Where a target path really is on this machine (under --root when staged)."""
+
+    @abstractmethod
+    def open_atomic(
+        self, path: PurePosixPath | str, mode: int, owner: str, group: str
+    ) -> contextlib.AbstractContextManager[BinaryIO]:
+        """write_file for data too large to hold in memory (archives, databases): stream into
+        the yielded file; it replaces path atomically when the block ends without an error,
+        and an error inside the block leaves path untouched."""
+
+    @abstractmethod
+    def sqlite_backup(self, src: PurePosixPath | str, dest: Path) -> None:
+        """A consistent copy of the live SQLite database at src (a target path) into the local
+        scratch file dest, through SQLite's online backup from a read-only connection."""
 
     # --- users -------------------------------------------------------------------------------
     @abstractmethod
@@ -117,6 +139,11 @@ class Executor(ABC):
 
     @abstractmethod
     def enable_linger(self, name: str) -> None: ...
+
+    @abstractmethod
+    def disable_linger(self, name: str) -> None:
+        """Disable linger and stop the user's systemd manager with everything it runs (podman's
+        pause process too); the account stays (`uninstall --keep-data`: it owns kept data)."""
 
     @abstractmethod
     def remove_user(self, name: str) -> None:

@@ -53,13 +53,45 @@ def stream(argv: Sequence[str]) -> int:
         return 130
 
 
+#: errors that mean "no room": the next step is to free space, not to fix a permission
+_NO_ROOM = {
+    errno.ENOSPC: "no space left on the file system holding it",
+    errno.EDQUOT: "the disk quota on the file system holding it is used up",
+}
+
+
+def write_error(target: Path, exc: OSError, *, untouched: str) -> HostError:
+    """A failed write as one line naming the path, with the next step for that failure.
+
+    `untouched` says what the failure left as it was (the previous file, the original).
+    """
+    where = target.parent
+    if exc.errno in _NO_ROOM:
+        return HostError(
+            f"could not write {target}: {_NO_ROOM[exc.errno]} ({where})",
+            hint=f"free space there (`df -h {where}` shows how much is left) and re-run; "
+            f"{untouched}",
+        )
+    if exc.errno == errno.EROFS:
+        return HostError(
+            f"could not write {target}: {where} is on a read-only file system",
+            hint=f"remount it read-write and re-run; {untouched}",
+        )
+    return HostError(
+        f"could not write {target}: {exc.strerror or exc}",
+        hint=f"check the owner and mode of {where} (`ls -ld {where}`) and re-run; {untouched}",
+    )
+
+
 def atomic_write(target: Path, data: bytes, mode: int, uid: int | None, gid: int | None) -> None:
     """Temp file in the same directory, created with its final mode and owner, then rename.
 
     A reader sees the old file or the new one, never a partial one; a crash leaves only a
-    temp file, which the next run removes.
+    temp file, which the next run removes. A failure before the rename (a full disk: ENOSPC,
+    EDQUOT) removes the temp file and leaves the old file as it was.
     """
     tmp = target.with_name(f".{target.name}{TEMP_MARK}{os.getpid()}")
+    replaced = False
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         try:
@@ -74,19 +106,43 @@ def atomic_write(target: Path, data: bytes, mode: int, uid: int | None, gid: int
         finally:
             os.close(fd)
         os.replace(tmp, target)
+        replaced = True
         dfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        why = "the file system is full" if exc.errno == errno.ENOSPC else exc.strerror
+        if not replaced:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        untouched = (
+            "the new file is in place but may not be on disk yet"
+            if replaced
+            else "the previous file is untouched"
+        )
+        raise write_error(target, exc, untouched=untouched) from None
+
+
+def move_ownership(top: Path, old: tuple[int, int], new: tuple[int, int]) -> int:
+    """lchown every entry under top whose uid (gid) is old's to new's; return the count."""
+    moved = 0
+    try:
+        for dirpath, dirnames, filenames in os.walk(top):
+            for name in dirnames + filenames:
+                entry = Path(dirpath) / name
+                st = entry.lstat()
+                uid = new[0] if st.st_uid == old[0] else st.st_uid
+                gid = new[1] if st.st_gid == old[1] else st.st_gid
+                if (uid, gid) != (st.st_uid, st.st_gid):
+                    os.lchown(entry, uid, gid)
+                    moved += 1
+    except OSError as exc:
         raise HostError(
-            f"could not write {target}: {why}",
-            hint="free space or fix the permission; the previous file is untouched",
+            f"could not give {top} to its service user: {exc.filename}: {exc.strerror}",
+            hint=f"`chown -R` the folder to its service user by hand and re-run ({moved} moved)",
         ) from None
+    return moved
 
 
 def remove_stale_temp(directory: Path) -> list[str]:
@@ -126,8 +182,14 @@ def temp_dir() -> Iterator[Path]:
 
 
 def copy_file(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    shutil.copy2(src, dest)
+    """Copy src to dest (backups); a failed copy leaves no partial file behind."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        shutil.copy2(src, dest)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            dest.unlink()
+        raise write_error(dest, exc, untouched=f"{src} is untouched") from None
 
 
 def remove_tree(path: Path) -> None:

@@ -10,9 +10,10 @@ import stat as statmod
 import time
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from liminati.errors import HostError
-from liminati.executor import common
+from liminati.executor import archive, common
 from liminati.executor.base import Executor, FileState, RunResult, Socket, SubIdRange, UserState
 from liminati.executor.sockets import listening_sockets
 
@@ -46,6 +47,11 @@ def _name_of_gid(gid: int) -> str:
         return grp.getgrgid(gid).gr_name
     except KeyError:
         return str(gid)
+
+
+def _user_units(uid: int) -> tuple[str, str]:
+    """A user's systemd manager and the unit that owns /run/user/UID."""
+    return f"user@{uid}.service", f"user-runtime-dir@{uid}.service"
 
 
 class HostExecutor(Executor):
@@ -93,6 +99,16 @@ class HostExecutor(Executor):
         except OSError as exc:
             raise HostError(f"could not set owner/mode of {p}: {exc.strerror}") from None
 
+    def move_ownership(
+        self, path: PurePosixPath | str, old_owner: str, old_group: str, owner: str, group: str
+    ) -> int:
+        # stat names an owner without an account by its number
+        old_uid = int(old_owner) if old_owner.isdigit() else _uid(old_owner)
+        old_gid = int(old_group) if old_group.isdigit() else _gid(old_group)
+        return common.move_ownership(
+            self.host_path(path), (old_uid, old_gid), (_uid(owner), _gid(group))
+        )
+
     def copy_to(self, src: PurePosixPath | str, dest: PurePosixPath | str) -> None:
         common.copy_file(self.host_path(src), self.host_path(dest))
 
@@ -101,6 +117,14 @@ class HostExecutor(Executor):
 
     def lock(self, path: PurePosixPath | str) -> contextlib.AbstractContextManager[None]:
         return common.file_lock(self.host_path(path))
+
+    def open_atomic(
+        self, path: PurePosixPath | str, mode: int, owner: str, group: str
+    ) -> contextlib.AbstractContextManager[BinaryIO]:
+        return archive.atomic_writer(self.host_path(path), mode, _uid(owner), _gid(group))
+
+    def sqlite_backup(self, src: PurePosixPath | str, dest: Path) -> None:
+        archive.sqlite_snapshot(self.host_path(src), dest)
 
     # --- users -------------------------------------------------------------------------------
     def user(self, name: str) -> UserState | None:
@@ -174,13 +198,25 @@ class HostExecutor(Executor):
             hint=f"see `journalctl -u {unit}`; linger is enabled, so a reboot also starts it",
         )
 
+    def disable_linger(self, name: str) -> None:
+        user = self.user(name)
+        if user is None:
+            return
+        self._must(["loginctl", "disable-linger", name], f"disabling linger for {name}")
+        # logind stops a manager without linger or sessions only at its next clean-up: now,
+        # and /run/user/UID with it (podman's runtime state), before the uid can be reused
+        self._must(
+            ["systemctl", "stop", *_user_units(user.uid)],
+            f"stopping the systemd user manager of {name}",
+        )
+
     def remove_user(self, name: str) -> None:
         user = self.user(name)
         if user is None:
             return
         common.run(["loginctl", "disable-linger", name])
         # the user's manager and its podman processes must be gone before userdel
-        common.run(["systemctl", "stop", f"user@{user.uid}.service"], timeout=120)
+        common.run(["systemctl", "stop", *_user_units(user.uid)], timeout=120)
         common.run(["pkill", "-KILL", "-u", name])
         self._must(["userdel", name], f"removing user {name}")
         common.run(["groupdel", name])  # --user-group made it; userdel usually removes it

@@ -11,12 +11,12 @@ import json
 import os
 import shlex
 import stat as statmod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from liminati.errors import UsageError
-from liminati.executor import common
+from liminati.executor import archive, common
 from liminati.executor.base import Executor, FileState, RunResult, Socket, SubIdRange, UserState
 
 STATE_FILE = ".liminati-staging.json"
@@ -109,6 +109,26 @@ class StagingExecutor(Executor):
             self._state["owners"][str(path)] = [owner, group]
             self._save()
 
+    def move_ownership(
+        self, path: PurePosixPath | str, old_owner: str, old_group: str, owner: str, group: str
+    ) -> int:
+        # the staged owners are recorded, not real: every path under path without a record
+        # is root's (what the staging user itself made)
+        prefix = str(path).rstrip("/") + "/"
+        moved = 0
+        for entry in self.host_path(path).rglob("*"):
+            target = prefix + str(entry.relative_to(self.host_path(path)))
+            was = self._state["owners"].get(target, ["root", "root"])
+            now = [
+                owner if was[0] == old_owner else was[0],
+                group if was[1] == old_group else was[1],
+            ]
+            if now != was:
+                self._state["owners"][target] = now
+                moved += 1
+        self._save()
+        return moved
+
     def copy_to(self, src: PurePosixPath | str, dest: PurePosixPath | str) -> None:
         common.copy_file(self.host_path(src), self.host_path(dest))
 
@@ -117,6 +137,20 @@ class StagingExecutor(Executor):
 
     def lock(self, path: PurePosixPath | str) -> contextlib.AbstractContextManager[None]:
         return common.file_lock(self.host_path(path))
+
+    @contextlib.contextmanager
+    def open_atomic(
+        self, path: PurePosixPath | str, mode: int, owner: str, group: str
+    ) -> Iterator[BinaryIO]:
+        target = self.host_path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # as write_file: the staging user keeps read access to what it staged
+        with archive.atomic_writer(target, mode | 0o400, None, None) as fh:
+            yield fh
+        self._own(path, owner, group)
+
+    def sqlite_backup(self, src: PurePosixPath | str, dest: Path) -> None:
+        archive.sqlite_snapshot(self.host_path(src), dest)
 
     # --- users -------------------------------------------------------------------------------
     def user(self, name: str) -> UserState | None:
@@ -184,6 +218,11 @@ class StagingExecutor(Executor):
     def enable_linger(self, name: str) -> None:
         self._record(["loginctl", "enable-linger", name])
         self._state["linger"].append(name)
+        self._save()
+
+    def disable_linger(self, name: str) -> None:
+        self._record(["loginctl", "disable-linger", name])
+        self._state["linger"] = [n for n in self._state["linger"] if n != name]
         self._save()
 
     # --- services ------------------------------------------------------------------------------

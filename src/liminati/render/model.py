@@ -45,6 +45,10 @@ class DirSpec:
     owner: str
     group: str
     mode: int
+    #: a service's data (chats, models), kept by `uninstall --keep-data`: when its owner must
+    #: change (the account was made again with another uid), what the old owner owned inside
+    #: follows, or the service could not read its own data any more
+    data: bool = False
 
 
 @dataclass(frozen=True)

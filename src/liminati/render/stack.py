@@ -61,8 +61,8 @@ class _Builder:
         self.dirs: dict[str, DirSpec] = {}
         self.files: list[FileSpec] = []
 
-    def dir(self, path: P, owner: str, mode: int = PRIVATE_DIR) -> None:
-        self.dirs.setdefault(str(path), DirSpec(str(path), owner, owner, mode))
+    def dir(self, path: P, owner: str, mode: int = PRIVATE_DIR, *, data: bool = False) -> None:
+        self.dirs.setdefault(str(path), DirSpec(str(path), owner, owner, mode, data))
 
     def file(
         self, path: P, content: str | bytes, owner: str, mode: int = PUBLIC_FILE, **kw: object
@@ -121,7 +121,10 @@ def build_desired(
         layout.sysctl_dropin,
         "# Managed by liminati: rootless nginx and dnsmasq publish ports from "
         f"{lowest} up on the tailnet address.\n"
-        f"net.ipv4.ip_unprivileged_port_start = {min(lowest, 1024)}\n",
+        f"net.ipv4.ip_unprivileged_port_start = {min(lowest, 1024)}\n"
+        "# At boot the tailnet address may come after the containers (tailscaled sets it when it\n"
+        "# is up): this lets them bind it before it exists, instead of failing to start.\n"
+        "net.ipv4.ip_nonlocal_bind = 1\n",
         ROOT,
         activate="sysctl",
     )
@@ -145,7 +148,7 @@ def build_desired(
     # vLLM: one unit per model, the internal key in an env file only vllm-user can read
     home(users.vllm)
     b.dir(P(users.vllm.home) / ".cache", users.vllm.name)
-    b.dir(layout.hf_cache, users.vllm.name)
+    b.dir(layout.hf_cache, users.vllm.name, data=True)
     for model in config.models:
         spec = build_vllm(config, layout, model)
         unit = quadlet(users.vllm, spec, config.images.vllm)
@@ -161,7 +164,7 @@ def build_desired(
 
     # Open WebUI: talks to vLLM on loopback with the internal key; admin from the secrets
     home(users.webui)
-    b.dir(layout.webui_data, users.webui.name)
+    b.dir(layout.webui_data, users.webui.name, data=True)
     unit = quadlet(users.webui, build_webui(config, layout), config.images.webui)
     units.append(unit)
     webui_env = [
