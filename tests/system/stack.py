@@ -21,8 +21,8 @@ WebUI's sign-in and its view of vLLM's models) and dnsmasq's answer for webui.<d
 
 One stack is booted per session (conftest's `stack` fixture) and shared by the test_stack_*
 modules, in the order conftest.STACK_ORDER gives: read-only checks first, destructive ones
-(faults, reboot, uninstall) last. test_install_real.py uses a system of its own. Durations of each step go to
-the tier-4 timing summary.
+(faults, reboot, uninstall) last. test_install_real.py uses a system of its own. Durations of
+each step go to the tier-4 timing summary.
 """
 
 from __future__ import annotations
