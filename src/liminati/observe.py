@@ -7,6 +7,7 @@ from liminati.config import Config
 from liminati.executor import Executor
 from liminati.layout import Layout
 from liminati.plan import Existing, Facts, Manifest
+from liminati.plan.build import sysctl_settings
 from liminati.render import SECRET_NAMES, Desired
 
 
@@ -61,6 +62,11 @@ def observe(executor: Executor, config: Config, desired: Desired, *, images: boo
             present[f"{user} {image}"] = None
         else:
             present[f"{user} {image}"] = executor.image_present(user, image)
+    # the kernel's live values of the settings the drop-in makes (a staged install has none)
+    sysctl: dict[str, str | None] = {}
+    for key in sysctl_settings(desired):
+        raw = None if executor.staged else executor.read("/proc/sys/" + key.replace(".", "/"))
+        sysctl[key] = raw.decode().strip() if raw is not None else None
     manifest = Manifest.parse(executor.read(layout.manifest))
     # files liminati wrote that the config no longer renders: the planner removes them
     wanted = {f.path for f in desired.files}
@@ -77,4 +83,5 @@ def observe(executor: Executor, config: Config, desired: Desired, *, images: boo
         active=active,
         manifest=manifest,
         images=present,
+        sysctl=sysctl,
     )

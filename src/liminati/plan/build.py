@@ -35,6 +35,8 @@ class Facts:
     manifest: Manifest
     #: "user image" -> present in that user's podman storage? (None: cannot tell yet)
     images: dict[str, bool | None] = field(default_factory=dict)
+    #: sysctl key -> its live value (None: cannot tell, e.g. staged)
+    sysctl: dict[str, str | None] = field(default_factory=dict)
 
 
 def _mode(m: int) -> str:
@@ -178,8 +180,15 @@ def build_plan(
                 activations[f.activate].append(f.path)
     for kind, changed in activations.items():
         target = ACTIVATION_TARGETS[kind]
+        # a run killed between writing the drop-in and loading it, or values reset since (an
+        # uninstall restores the defaults): the file is unchanged but the kernel is not
+        stale = [] if kind != "sysctl" else sysctl_differences(desired, facts)
         if changed:
             actions.append(Action(kind, target, Change.UPDATE, "changed: " + ", ".join(changed)))
+        elif stale:
+            actions.append(
+                Action(kind, target, Change.UPDATE, "not in effect: " + ", ".join(stale))
+            )
         else:
             actions.append(Action(kind, target, Change.UNCHANGED, "its files are unchanged"))
 
@@ -279,6 +288,27 @@ def build_plan(
             )
     actions += unit_actions
     return Plan(tuple(actions))
+
+
+def sysctl_settings(desired: Desired) -> dict[str, str]:
+    """key -> value of every `key = value` line of the sysctl drop-ins liminati writes."""
+    out: dict[str, str] = {}
+    for f in desired.files:
+        if f.activate == "sysctl":
+            for line in f.content.decode().splitlines():
+                key, eq, value = line.partition("=")
+                if eq and not line.lstrip().startswith(("#", ";")):
+                    out[key.strip()] = value.strip()
+    return out
+
+
+def sysctl_differences(desired: Desired, facts: Facts) -> list[str]:
+    """`key is X, not Y` for every setting whose live value is known and differs."""
+    return [
+        f"{key} is {facts.sysctl[key]}, not {want}"
+        for key, want in sysctl_settings(desired).items()
+        if facts.sysctl.get(key) not in (None, want)
+    ]
 
 
 def _file_action(f: FileSpec, facts: Facts, manifest: Manifest, force: bool) -> Action:
