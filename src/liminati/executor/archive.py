@@ -3,17 +3,11 @@ and files streamed into place atomically (archives and databases can be large)."
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
 import sqlite3
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 from liminati.errors import HostError
-from liminati.executor.common import TEMP_MARK
 
 #: seconds SQLite waits for a writer's lock before giving up on a backup step
 SQLITE_BUSY_TIMEOUT = 30.0
@@ -55,54 +49,3 @@ def sqlite_snapshot(src: Path, dest: Path) -> None:
             hint="the database itself may be damaged: stop the service and run "
             "`sqlite3 FILE 'PRAGMA integrity_check'`",
         )
-
-
-@contextlib.contextmanager
-def atomic_writer(target: Path, mode: int, uid: int | None, gid: int | None) -> Iterator[BinaryIO]:
-    """Yield a file to stream into; on a clean exit it replaces target atomically.
-
-    Like common.atomic_write, for data too large to hold in memory: a temp file in the same
-    folder, created with its final mode and owner, fsync, rename, fsync of the folder. An
-    exception inside the `with` block (a checksum that does not match, say) removes the temp
-    file and leaves target untouched.
-    """
-    tmp = target.with_name(f".{target.name}{TEMP_MARK}{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    except OSError as exc:
-        raise _write_error(target, exc) from None
-    fh = os.fdopen(fd, "wb")
-    try:
-        try:
-            if uid is not None and gid is not None:
-                os.fchown(fd, uid, gid)
-            os.fchmod(fd, mode)
-        except OSError as exc:
-            raise _write_error(target, exc) from None
-        yield fh  # the caller's own errors come out of here, as they are
-        try:
-            fh.flush()
-            os.fsync(fd)
-            fh.close()
-            os.replace(tmp, target)
-            dfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError as exc:
-            raise _write_error(target, exc) from None
-    finally:
-        if not fh.closed:
-            with contextlib.suppress(OSError):
-                fh.close()
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-
-
-def _write_error(target: Path, exc: OSError) -> HostError:
-    why = "the file system is full" if exc.errno == errno.ENOSPC else exc.strerror
-    return HostError(
-        f"could not write {target}: {why}",
-        hint="free space or fix the permission; the previous file is untouched",
-    )

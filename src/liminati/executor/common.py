@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from liminati.errors import HostError, LockError
 from liminati.executor.base import RunResult
@@ -90,38 +91,60 @@ def atomic_write(target: Path, data: bytes, mode: int, uid: int | None, gid: int
     temp file, which the next run removes. A failure before the rename (a full disk: ENOSPC,
     EDQUOT) removes the temp file and leaves the old file as it was.
     """
+    with atomic_writer(target, mode, uid, gid) as fh:
+        try:
+            view = memoryview(data)
+            while view:  # straight to the descriptor: nothing waits in a buffer
+                view = view[os.write(fh.fileno(), view) :]
+        except OSError as exc:
+            raise write_error(target, exc, untouched="the previous file is untouched") from None
+
+
+@contextlib.contextmanager
+def atomic_writer(target: Path, mode: int, uid: int | None, gid: int | None) -> Iterator[BinaryIO]:
+    """Yield a file to write or stream into; on a clean exit it replaces target atomically:
+    a temp file in the same folder, created with its final mode and owner, fsync, rename,
+    fsync of the folder. An exception inside the `with` block (a checksum that does not match,
+    say) removes the temp file and leaves target untouched; an OSError of the writer's own
+    steps becomes a HostError naming the path (write_error)."""
     tmp = target.with_name(f".{target.name}{TEMP_MARK}{os.getpid()}")
-    replaced = False
+    untouched = "the previous file is untouched"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise write_error(target, exc, untouched=untouched) from None
+    fh = os.fdopen(fd, "wb")
+    replaced = False
+    try:
         try:
             if uid is not None and gid is not None:
                 os.fchown(fd, uid, gid)
             os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-        replaced = True
-        dfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise write_error(target, exc, untouched=untouched) from None
+        yield fh  # the caller's own errors come out of here, as they are
         try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError as exc:
+            fh.flush()
+            os.fsync(fd)
+            fh.close()
+            os.replace(tmp, target)
+            replaced = True
+            dfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            if replaced:
+                untouched = "the new file is in place but may not be on disk yet"
+            raise write_error(target, exc, untouched=untouched) from None
+    finally:
+        if not fh.closed:
+            with contextlib.suppress(OSError):
+                fh.close()
         if not replaced:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-        untouched = (
-            "the new file is in place but may not be on disk yet"
-            if replaced
-            else "the previous file is untouched"
-        )
-        raise write_error(target, exc, untouched=untouched) from None
 
 
 def move_ownership(top: Path, old: tuple[int, int], new: tuple[int, int]) -> int:

@@ -121,7 +121,7 @@ class HostExecutor(Executor):
     def open_atomic(
         self, path: PurePosixPath | str, mode: int, owner: str, group: str
     ) -> contextlib.AbstractContextManager[BinaryIO]:
-        return archive.atomic_writer(self.host_path(path), mode, _uid(owner), _gid(group))
+        return common.atomic_writer(self.host_path(path), mode, _uid(owner), _gid(group))
 
     def sqlite_backup(self, src: PurePosixPath | str, dest: Path) -> None:
         archive.sqlite_snapshot(self.host_path(src), dest)

@@ -145,7 +145,7 @@ class StagingExecutor(Executor):
         target = self.host_path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         # as write_file: the staging user keeps read access to what it staged
-        with archive.atomic_writer(target, mode | 0o400, None, None) as fh:
+        with common.atomic_writer(target, mode | 0o400, None, None) as fh:
             yield fh
         self._own(path, owner, group)
 
