@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from liminati import keystore
 from liminati.config import Config
+from liminati.errors import HostError
 from liminati.executor import Executor
+from liminati.executor.webui import WebuiAdmin
 from liminati.layout import Layout
 from liminati.plan import Existing, Facts, Manifest
 from liminati.plan.build import sysctl_settings
+from liminati.plan.webui import WebuiSeen
 from liminati.render import SECRET_NAMES, Desired
 
 
@@ -31,7 +34,8 @@ def observe_existing(executor: Executor, config: Config) -> Existing:
 
 
 def observe(executor: Executor, config: Config, desired: Desired, *, images: bool = True) -> Facts:
-    """`images`: look into the service users' podman storage (skipped for --no-start)."""
+    """`images`: look into the service users' podman storage and ask Open WebUI for its
+    connections (both skipped for --no-start)."""
     layout = Layout(config)
     stats: dict[str, tuple[bool, int, str, str] | None] = {}
     contents: dict[str, bytes | None] = {}
@@ -84,4 +88,25 @@ def observe(executor: Executor, config: Config, desired: Desired, *, images: boo
         manifest=manifest,
         images=present,
         sysctl=sysctl,
+        webui=observe_webui(executor, config, desired, active) if images else None,
     )
+
+
+def observe_webui(
+    executor: Executor, config: Config, desired: Desired, active: dict[str, bool | None]
+) -> WebuiSeen | None:
+    """Open WebUI's OpenAI connections, asked through its admin API (a sign-in as the admin
+    liminati created); None for a staged host."""
+    want = desired.webui
+    if executor.staged or want is None:
+        return None
+    if executor.stat(Layout(config).webui_data / "webui.db") is None:
+        return WebuiSeen(has_database=False)
+    if not active.get(want.unit):
+        return WebuiSeen(has_database=True, problem="Open WebUI is not running")
+    api = WebuiAdmin(want.base_url)
+    try:
+        token = api.signin(want.admin_email, want.admin_password)
+        return WebuiSeen(has_database=True, config=api.openai_config(token))
+    except HostError as exc:
+        return WebuiSeen(has_database=True, problem=exc.message)

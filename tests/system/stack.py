@@ -27,6 +27,7 @@ each step go to the tier-4 timing summary.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import tempfile
@@ -260,6 +261,28 @@ def status_and_body(proc: subprocess.CompletedProcess[str]) -> tuple[int, str]:
     assert proc.returncode == 0, output(proc)
     body, _, code = proc.stdout.rpartition("\n")
     return int(code), body
+
+
+def sign_in(stack: Stack, email: str, password: str) -> str:
+    """A token of Open WebUI's, signed in through nginx from the peer."""
+    body = json.dumps({"email": email, "password": password})
+    code, text = status_and_body(https(stack, "webui", "/api/v1/auths/signin", data=body))
+    assert code == 200, text
+    token: str = json.loads(text)["token"]
+    return token
+
+
+def admin(stack: Stack) -> str:
+    """A token of the admin liminati created in Open WebUI."""
+    password = stack.system.run(["cat", f"{SECRETS}/webui-admin-password"]).stdout.strip()
+    return sign_in(stack, f"admin@{DOMAIN}", password)
+
+
+def webui_models(stack: Stack, token: str) -> list[str]:
+    """The models Open WebUI offers (what its model selector lists)."""
+    code, text = status_and_body(https(stack, "webui", "/api/models", key=token))
+    assert code == 200, text
+    return sorted(m["id"] for m in json.loads(text)["data"])
 
 
 @contextmanager

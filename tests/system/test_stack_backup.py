@@ -27,13 +27,14 @@ import pytest
 from stack import (
     DOMAIN,
     HOST_ARGS,
-    SECRETS,
     TAG,
     Stack,
+    admin,
     diagnose,
     health,
     https,
     output,
+    sign_in,
     status_and_body,
 )
 
@@ -65,19 +66,6 @@ exit 3
 def liminati(stack: Stack, *argv: str, timeout: float = 1200) -> tuple[int, str, str]:
     proc = stack.system.run(["liminati", *argv, *HOST_ARGS], check=False, timeout=timeout)
     return proc.returncode, proc.stdout, proc.stderr
-
-
-def sign_in(stack: Stack, email: str, password: str) -> str:
-    body = json.dumps({"email": email, "password": password})
-    code, text = status_and_body(https(stack, "webui", "/api/v1/auths/signin", data=body))
-    assert code == 200, text
-    token: str = json.loads(text)["token"]
-    return token
-
-
-def admin(stack: Stack) -> str:
-    password = stack.system.run(["cat", f"{SECRETS}/webui-admin-password"]).stdout.strip()
-    return sign_in(stack, f"admin@{DOMAIN}", password)
 
 
 def emails(stack: Stack, token: str) -> list[str]:

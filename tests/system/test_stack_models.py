@@ -5,9 +5,10 @@
   answers before and after, and no request fails outside the switch window;
 * switch to a model that cannot start: rolled back, the previous model answers, exit 1 with
   the reason and the log's tail;
-* two models at once: each answers by its `model` through one base URL, /v1/models lists both;
-  taking the second out of the config retires its unit (Open WebUI keeps the connections it
-  saw at its first start: README, Known limits);
+* two models at once: each answers by its `model` through one base URL, /v1/models lists both,
+  and Open WebUI offers both (install gives it the new connection through its admin API: it
+  keeps the ones of its first start otherwise); taking the second out of the config retires
+  its unit and its connection;
 * switching back to the model the config names clears the recorded switch;
 * `model pull` of a gated model from a FAKE Hugging Face Hub (tests/system/fake_hub.py: no
   model hub is reachable here) by the vLLM image's own huggingface_hub as vllm-user: refused
@@ -37,9 +38,11 @@ from stack import (
     SERVED,
     TAG,
     Stack,
+    admin,
     https,
     output,
     status_and_body,
+    webui_models,
 )
 
 pytestmark = pytest.mark.system
@@ -220,13 +223,28 @@ def test_two_models_behind_one_base_url(ready: Stack, key: str) -> None:
             https(ready, "vllm", "/v1/chat/completions", key=key, data=json.dumps(request))
         )
         assert code == 404 and "tiny-second" in body, body
+        # Open WebUI was given the second connection, and offers both models
+        assert "Open WebUI connections: add http://127.0.0.1:8001/v1" in proc.stdout, output(proc)
+        token, both = admin(ready), sorted([SERVED, "tiny-second"])
+        deadline = time.monotonic() + 60
+        while webui_models(ready, token) != both and time.monotonic() < deadline:
+            time.sleep(2)
+        assert webui_models(ready, token) == both
+        again = _liminati(ready, "plan", "--detailed-exitcode", timeout=300)
+        assert again.returncode == 0, output(again)
     finally:
         system.write_file(CONF, CONFIG, mode=0o600)
         back = _liminati(ready, "install", timeout=900)
     text = back.stdout + back.stderr
     assert back.returncode == 0, text
     assert "stopped vllm-second.service" in text, text
+    assert "Open WebUI connections: remove http://127.0.0.1:8001/v1" in text, text
     assert [m["id"] for m in _models(ready, key)] == [SERVED]
+    token = admin(ready)
+    deadline = time.monotonic() + 60
+    while webui_models(ready, token) != [SERVED] and time.monotonic() < deadline:
+        time.sleep(2)
+    assert webui_models(ready, token) == [SERVED]
     quadlet = "/var/lib/vllm/.config/containers/systemd/vllm-second.container"
     gone = system.run(["test", "-e", quadlet], check=False)
     assert gone.returncode == 1

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+from liminati.apply.webui import sync_connections
 from liminati.config import Config
 from liminati.errors import HostError
 from liminati.executor import Executor
@@ -22,6 +23,8 @@ class Applied:
     done: list[Action] = field(default_factory=list)
     backups: list[str] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)
+    #: what could not be done and needs a person (said at the end of the run)
+    warnings: list[str] = field(default_factory=list)
 
 
 def apply_plan(
@@ -156,6 +159,15 @@ def apply_plan(
         manifest.units[a.target] = inputs
         _save(executor, layout, manifest)
         done(a, f"{a.verb}ed {unit} ({user})")
+
+    # 5. Open WebUI's connections to the models, once it runs (its admin API)
+    for a in plan.of_kind("webui"):
+        if a.changes and desired.webui is not None:
+            warning = sync_connections(desired.webui, progress)
+            if warning:
+                result.warnings.append(warning)
+            else:
+                result.done.append(a)
     return result
 
 

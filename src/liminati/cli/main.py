@@ -223,6 +223,14 @@ def _require_root(x: Executor) -> None:
         raise PreflightError([ROOT_PROBLEM])
 
 
+def _webui_unchecked(p: Pass) -> None:
+    """Say so when Open WebUI's connections could not be read and this run does not restart
+    it (a restart checks them once it is back)."""
+    seen = p.facts.webui
+    if seen is not None and seen.problem and not any(a.changes for a in p.plan.of_kind("webui")):
+        output.warn(f"Open WebUI's connections to the models were not checked: {seen.problem}")
+
+
 def converge(
     ctx: Context,
     *,
@@ -256,6 +264,7 @@ def converge(
         )
         for missing in report.missing:
             output.warn(f"not validated, validator missing: {missing}")
+        _webui_unchecked(p)
         if not p.plan.changes:
             output.info(f"Nothing to change on {x.describe()}: " + output.summary(p.plan) + ".")
             return ExitCode.OK
@@ -284,6 +293,8 @@ def converge(
             f"{a.target} was edited by hand and kept; `liminati plan` shows the diff, "
             "`liminati install --force` replaces it"
         )
+    for warning in applied.warnings:
+        output.warn(warning)
     output.info(f"Done: {len(applied.done)} changes applied.")
     if isinstance(x, StagingExecutor):
         output.info(

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from liminati.plan.manifest import Manifest, sha256
 from liminati.plan.model import Action, Change, Plan
+from liminati.plan.webui import WebuiSeen, webui_action
 from liminati.render import Desired, FileSpec, Policy
 
 #: subordinate ids start above every id a distribution hands out to people
@@ -37,6 +38,8 @@ class Facts:
     images: dict[str, bool | None] = field(default_factory=dict)
     #: sysctl key -> its live value (None: cannot tell, e.g. staged)
     sysctl: dict[str, str | None] = field(default_factory=dict)
+    #: Open WebUI's connections (None: not looked at: staged or --no-start)
+    webui: WebuiSeen | None = None
 
 
 def _mode(m: int) -> str:
@@ -287,6 +290,10 @@ def build_plan(
                 Action("daemon-reload", name, Change.UNCHANGED, "unit files unchanged", user=name)
             )
     actions += unit_actions
+    # Open WebUI's connections to the models, once its units run (its admin API)
+    if start_units and desired.webui is not None and facts.webui is not None:
+        restarting = any(a.target == desired.webui.unit and a.changes for a in unit_actions)
+        actions.append(webui_action(desired.webui, facts.webui, restarting))
     return Plan(tuple(actions))
 
 

@@ -91,11 +91,29 @@ class Material:
 
 
 @dataclass(frozen=True)
+class WebuiConnections:
+    """The OpenAI connections Open WebUI must have: one per vLLM unit, on loopback, with the
+    internal key. Open WebUI takes them from its environment at its first start only (then
+    its database wins), so a later change goes through its admin API (liminati.apply.webui)."""
+
+    #: where liminati reaches Open WebUI on the host, e.g. http://127.0.0.1:3000
+    base_url: str
+    admin_email: str
+    #: one base URL per model, in the order of [[models]]
+    urls: tuple[str, ...]
+    #: Open WebUI's unit, "user/unit"
+    unit: str = ""
+    admin_password: str = field(repr=False, default="")
+    api_key: str = field(repr=False, default="")
+
+
+@dataclass(frozen=True)
 class Desired:
     users: tuple[UserSpec, ...]
     dirs: tuple[DirSpec, ...]
     files: tuple[FileSpec, ...]
     units: tuple[UnitSpec, ...]
+    webui: WebuiConnections | None = None
 
     def file(self, path: str) -> FileSpec:
         for f in self.files:

@@ -22,6 +22,12 @@ def _python_probe(url: str) -> str:
     return f"python3 -c 'import urllib.request; urllib.request.urlopen(\"{url}\", timeout=5)'"
 
 
+def model_urls(config: Config) -> tuple[str, ...]:
+    """Open WebUI's OpenAI connections: each vLLM unit on the host's loopback (pasta forwards
+    those ports into its container), in the order of [[models]]."""
+    return tuple(f"http://127.0.0.1:{m.port}/v1" for m in config.models)
+
+
 def _pull(config: Config) -> tuple[str, ...]:
     # Pull= is a podman 4.6 key; the argument works on every version
     return (f"--pull={config.images.pull}",)
@@ -104,7 +110,7 @@ def build_webui(config: Config, layout: Layout) -> ContainerSpec:
             ("CORS_ALLOW_ORIGIN", f"https://webui.{config.domain}"),
             (
                 "OPENAI_API_BASE_URLS",
-                ";".join(f"http://127.0.0.1:{m.port}/v1" for m in config.models),
+                ";".join(model_urls(config)),
             ),
             ("SCARF_NO_ANALYTICS", "true"),
             ("DO_NOT_TRACK", "true"),

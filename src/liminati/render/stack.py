@@ -17,6 +17,7 @@ from liminati.render.model import (
     UnitRef,
     UnitSpec,
     UserSpec,
+    WebuiConnections,
 )
 from liminati.render.nginx import SECRET_FILES, render_nginx
 from liminati.render.quadlet import (
@@ -25,6 +26,7 @@ from liminati.render.quadlet import (
     build_nginx,
     build_vllm,
     build_webui,
+    model_urls,
 )
 from liminati.render.scripts import (
     CLIENT_PS1,
@@ -165,7 +167,7 @@ def build_desired(
     # Open WebUI: talks to vLLM on loopback with the internal key; admin from the secrets
     home(users.webui)
     b.dir(layout.webui_data, users.webui.name, data=True)
-    unit = quadlet(users.webui, build_webui(config, layout), config.images.webui)
+    unit = webui_unit = quadlet(users.webui, build_webui(config, layout), config.images.webui)
     units.append(unit)
     webui_env = [
         ("WEBUI_SECRET_KEY", material.secrets["webui-secret-key"]),
@@ -270,4 +272,12 @@ def build_desired(
     service_users = tuple(
         UserSpec(u.name, u.home) for u in (users.vllm, users.webui, users.nginx, users.dnsmasq)
     )
-    return Desired(service_users, tuple(b.dirs.values()), tuple(b.files), tuple(units))
+    webui = WebuiConnections(
+        base_url=f"http://127.0.0.1:{config.ports.webui}",
+        admin_email=config.webui.admin_email,
+        urls=model_urls(config),
+        unit=f"{users.webui.name}/{webui_unit.unit}",
+        admin_password=material.secrets["webui-admin-password"],
+        api_key=internal_key,
+    )
+    return Desired(service_users, tuple(b.dirs.values()), tuple(b.files), tuple(units), webui)
