@@ -60,6 +60,8 @@ class ContainerSpec:
     #: [Unit] Requires= / PartOf= (a container that lives in another one's network namespace)
     requires: tuple[str, ...] = ()
     part_of: tuple[str, ...] = ()
+    #: [Unit] Upholds= (systemd 249+): started again whenever this unit is active
+    upholds: tuple[str, ...] = ()
     header: tuple[str, ...] = field(default_factory=tuple)
 
     def sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
@@ -68,6 +70,7 @@ class ContainerSpec:
         unit += [("After", " ".join(self.after))] if self.after else []
         unit += [("Requires", " ".join(self.requires))] if self.requires else []
         unit += [("PartOf", " ".join(self.part_of))] if self.part_of else []
+        unit += [("Upholds", " ".join(self.upholds))] if self.upholds else []
         c: list[tuple[str, str]] = [("ContainerName", self.name), ("Image", self.image)]
         c += [("Network", self.network)] if self.network else []
         c += [("PublishPort", p) for p in self.publish]

@@ -212,6 +212,10 @@ def build_dnsmasq(config: Config, layout: Layout, listen_ip: str) -> ContainerSp
         read_only=True,
         podman_args=(*_pull(config), "--entrypoint=dnsmasq"),
         labels=(("io.liminati.service", "dnsmasq"),),
+        # the admin page lives in this container's network namespace and stops with it
+        # (PartOf=); when dnsmasq comes back from a crash, so must the admin page: its own
+        # start job failed while dnsmasq's old container was still being removed
+        upholds=("dnsmasq-admin.service",),
         timeout_start_sec=120,
         timeout_stop_sec=30,
     )
