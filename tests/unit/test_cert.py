@@ -11,6 +11,7 @@ import pytest
 from clitools import Clock, RunCli, make_env
 from liminati import pki
 from liminati.cli.main import main
+from liminati.render.systemd import render_renew_service
 
 IP = "100.64.0.10"
 CA = "var/lib/liminati/pki/ca.crt"
@@ -166,3 +167,23 @@ def test_install_enables_the_renewal_timer(root: Path) -> None:
     assert " -m liminati cert renew\n" in service
     timer = (root / "etc/systemd/system/liminati-cert-renew.timer").read_text()
     assert "OnCalendar=daily" in timer and "RandomizedDelaySec=" in timer
+
+
+def test_the_renewal_reads_the_config_the_install_was_given(cli: RunCli, tmp_path: Path) -> None:
+    """`install --config X`: the daily renewal runs with `--config X` (the domain and the
+    users are in it); a config in a home folder is bound into the sandbox read-only."""
+    root = tmp_path / "fresh"
+    config = tmp_path / "site.toml"
+    config.write_text('domain = "corp.internal"\n')
+    code, _, err = cli("install", "--root", str(root), "--listen-ip", IP, "--config", str(config))
+    assert code == 0, err
+    service = (root / "etc/systemd/system/liminati-cert-renew.service").read_text()
+    assert f" -m liminati cert renew --config {config}\n" in service
+    assert "ProtectHome=yes\n" in service and "BindReadOnlyPaths" not in service
+
+    in_home = render_renew_service(("/usr/local/bin/liminati",), ("/var/lib/liminati",),
+                                   "/root/liminati.toml")  # fmt: skip
+    lines = in_home.splitlines()
+    assert "ExecStart=/usr/local/bin/liminati cert renew --config /root/liminati.toml" in lines
+    assert "ProtectHome=tmpfs" in lines and "BindReadOnlyPaths=/root/liminati.toml" in lines
+    assert "ProtectHome=yes" not in lines

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from clitools import RunCli
-from golden_tree import CASES, GOLDEN, UPDATE, render_case
+from golden_tree import CASES, GOLDEN, UPDATE, fixture_material, render_case
 from liminati.apply.validate import split_dryrun, validate
 from liminati.errors import ValidationError
 from liminati.executor import StagingExecutor
-from liminati.render import Desired
+from liminati.render import Desired, build_desired
 
 pytestmark = pytest.mark.validators
 
@@ -53,6 +53,23 @@ def test_validators_accept_every_rendered_case(case: str, tmp_path: Path) -> Non
     expected |= {f"quadlet -dryrun ({u})" for u in users}
     expected |= {f"systemd-analyze verify ({u})" for u in users}
     assert set(report.ran) == expected
+
+
+def test_renewal_unit_with_a_config_in_a_home_folder_passes_systemd(tmp_path: Path) -> None:
+    """`install --config /root/site.toml`: the renewal binds that file into its sandbox
+    (ProtectHome=tmpfs, BindReadOnlyPaths=), and systemd-analyze verify accepts the unit."""
+    config, _ = render_case("default")
+    desired = build_desired(
+        config,
+        config.listen_ip,
+        fixture_material(),
+        (sys.executable, "-m", "liminati"),
+        "/root/site.toml",
+    )
+    service = desired.file("/etc/systemd/system/liminati-cert-renew.service").content.decode()
+    assert "BindReadOnlyPaths=/root/site.toml\n" in service
+    report = validate(StagingExecutor(tmp_path), config, desired, strict=True, groups=["systemd"])
+    assert report.ran == ["systemd-analyze verify (renewal timer)"]
 
 
 def _podman_run_lines(generated: str) -> str:

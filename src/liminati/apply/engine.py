@@ -78,11 +78,12 @@ def run_pass(
     start_units: bool = True,
     renew_leaf: bool = False,
     program: tuple[str, ...] = DEFAULT_PROGRAM,
+    config_file: str | None = None,
 ) -> Pass:
     listen_ip = resolve_listen_ip(executor, config)
     existing = observe_existing(executor, config)
     prepared = prepare_material(config, existing, now, gen, renew_leaf=renew_leaf)
-    desired = build_desired(config, listen_ip, prepared.material, program)
+    desired = build_desired(config, listen_ip, prepared.material, program, config_file)
     facts = observe(executor, config, desired, images=start_units)
     plan = build_plan(
         desired,

@@ -70,6 +70,8 @@ class Context:
     env: Env
     #: the configuration as written, before switches (None: same as config)
     declared: Config | None = None
+    #: `--config`, absolute (None: the default path); the renewal unit reads it too
+    config_file: str | None = None
 
 
 def host_options(fn: F) -> F:
@@ -114,7 +116,8 @@ def host_options(fn: F) -> F:
         # a non-root `plan` cannot read root's state: it shows the file as written
         state = read_models_state(executor, config) if _readable(executor) else None
         in_effect = effective_models(config, state) if state else config
-        return fn(Context(executor, in_effect, env, declared=config), **kw)
+        given = str(Path(config_path).absolute()) if config_path is not None else None
+        return fn(Context(executor, in_effect, env, declared=config, config_file=given), **kw)
 
     return wrapper  # type: ignore[return-value]
 
@@ -157,6 +160,7 @@ def _pass(ctx: Context, *, force: bool, start: bool, renew_leaf: bool = False) -
         start_units=start,
         renew_leaf=renew_leaf,
         program=ctx.env.program,
+        config_file=ctx.config_file,
     )
 
 

@@ -147,7 +147,8 @@ def model_switch(
     output.info(f"  strategy: {plan.strategy}")
 
     def run_install(config: Config) -> None:
-        converge(Context(x, config, ctx.env, declared=declared), force=False, start=True)
+        switched = Context(x, config, ctx.env, declared=declared, config_file=ctx.config_file)
+        converge(switched, force=False, start=True)
 
     switch_model(
         x,

@@ -82,7 +82,10 @@ def build_desired(
     listen_ip: str,
     material: Material,
     program: tuple[str, ...] = DEFAULT_PROGRAM,
+    config_file: str | None = None,
 ) -> Desired:
+    """`program` runs liminati in the renewal unit; `config_file` is the `--config` the install
+    was given (None: the default path), which the renewal reads too."""
     layout = Layout(config)
     b = _Builder()
     users = config.users
@@ -112,7 +115,7 @@ def build_desired(
     # the daily renewal: a root service and its timer
     b.file(
         layout.renew_service,
-        render_renew_service(program, (str(layout.state_dir), str(layout.nginx_ssl))),
+        render_renew_service(program, (str(layout.state_dir), str(layout.nginx_ssl)), config_file),
         ROOT,
         activate="systemd",
     )

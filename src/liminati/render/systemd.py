@@ -8,7 +8,13 @@ HEADER = ("Managed by liminati: a hand edit shows up as drift in `liminati plan`
 TIMER_UNIT = "liminati-cert-renew.timer"
 
 
-def render_renew_service(program: tuple[str, ...], writable: tuple[str, ...]) -> str:
+#: what ProtectHome= hides; a config file there is bound into the sandbox read-only
+HOMES = ("/root/", "/home/", "/run/user/")
+
+
+def render_renew_service(
+    program: tuple[str, ...], writable: tuple[str, ...], config_file: str | None = None
+) -> str:
     """`liminati cert renew`, sandboxed to what it does (`systemd-analyze security`: 1.5, "OK").
 
     What the renewal needs, and so keeps: root's file ownership rights (it reads the root-only
@@ -17,7 +23,15 @@ def render_renew_service(program: tuple[str, ...], writable: tuple[str, ...]) ->
     which `systemctl --user -M nginx-user@ reload` reaches nginx's manager) and inet sockets
     for `nginx -t`, which binds nginx's listen ports: in the private network namespace they
     are free, so the check needs neither the host's ports nor a namespace of its own.
+
+    `config_file`: the install's `--config`, which the renewal must read too (the domain, the
+    users); in a home folder it is bound into the otherwise empty homes read-only.
     """
+    command = (*program, "cert", "renew")
+    if config_file:
+        command += ("--config", config_file)
+    in_home = bool(config_file) and str(config_file).startswith(HOMES)
+    homes = [("ProtectHome", "tmpfs"), ("BindReadOnlyPaths", str(config_file))]
     sections: Sections = [
         (
             "Unit",
@@ -32,11 +46,11 @@ def render_renew_service(program: tuple[str, ...], writable: tuple[str, ...]) ->
             "Service",
             [
                 ("Type", "oneshot"),
-                ("ExecStart", quote_words((*program, "cert", "renew"))),
+                ("ExecStart", quote_words(command)),
                 # what the renewal writes: the leaf (nginx-user's ssl/), the manifest and the lock
                 ("ReadWritePaths", " ".join(writable)),
                 ("ProtectSystem", "strict"),
-                ("ProtectHome", "yes"),
+                *(homes if in_home else [("ProtectHome", "yes")]),
                 ("PrivateTmp", "yes"),
                 ("PrivateDevices", "yes"),
                 # no network: the renewal talks to nobody but the local bus
