@@ -103,8 +103,9 @@ def test_install_on_a_full_disk_exits_1_with_one_line_and_no_temp_files(
 ) -> None:
     """The whole path through the CLI: the first file of a changed config cannot be written."""
     root = tmp_path / "root"
-    assert main(["install", "--root", str(root), "--listen-ip", IP]) == 0
     conf = tmp_path / "c.toml"
+    conf.write_text("")
+    assert main(["install", "--root", str(root), "--listen-ip", IP, "--config", str(conf)]) == 0
     conf.write_text('[webui]\nclient_max_body_size = "250m"\n')
     webui = root / "var/lib/nginx-proxy/conf.d/20-webui.conf"
     before = webui.read_bytes()
@@ -124,3 +125,32 @@ def test_install_on_a_full_disk_exits_1_with_one_line_and_no_temp_files(
     assert webui.read_bytes() == before
     assert (root / "var/lib/liminati/manifest.json").read_bytes() == manifest
     assert _leftovers(webui.parent) == []
+
+
+def test_the_lock_is_reentrant_in_one_process_and_exclusive_between_processes(
+    tmp_path: Path,
+) -> None:
+    """`model switch` holds the install lock for its whole run and converges inside it; any
+    other process is refused while it does, and after it the lock is free again."""
+    import subprocess
+    import sys
+
+    lock = tmp_path / "lock"
+    probe = (
+        "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR)\n"
+        "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+        "except BlockingIOError:\n    print('held')\n"
+    )
+
+    def other_process() -> str:
+        argv = [sys.executable, "-c", probe, str(lock)]
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+
+    with common.file_lock(lock):
+        with common.file_lock(lock):  # the converge inside the switch
+            assert other_process() == "held"
+        # the inner one ending does not free what the outer one holds
+        assert other_process() == "held"
+    assert other_process() == "free"
+    with common.file_lock(lock):
+        assert other_process() == "held"

@@ -24,6 +24,7 @@ from liminati.apply.models import (
 from liminati.cli.main import Context, _require_root, converge, host_options
 from liminati.config import Config
 from liminati.errors import ExitCode, UsageError
+from liminati.layout import Layout
 from liminati.plan.models import GIB, find_slot
 
 
@@ -140,25 +141,27 @@ def model_switch(
         )
     declared = ctx.declared or ctx.config
     slot = find_slot(ctx.config, slot_name)
-    plan = preflight_switch(x, ctx.config, slot, weights, strategy or "auto")
-    output.info(f"Switching {slot.name} (alias {slot.served_name}): {slot.model} -> {weights}")
-    for note in plan.notes:
-        output.info(f"  {note}")
-    output.info(f"  strategy: {plan.strategy}")
 
     def run_install(config: Config) -> None:
         switched = Context(x, config, ctx.env, declared=declared, config_file=ctx.config_file)
         converge(switched, force=False, start=True)
 
-    switch_model(
-        x,
-        declared,
-        plan,
-        now=ctx.env.now(),
-        converge=run_install,
-        timeout=timeout or ctx.config.vllm.start_timeout_seconds,
-        progress=output.info,
-    )
+    # the whole switch under the install lock: no `install` (or other switch) in between
+    with x.lock(Layout(ctx.config).lock):
+        plan = preflight_switch(x, ctx.config, slot, weights, strategy or "auto")
+        output.info(f"Switching {slot.name} (alias {slot.served_name}): {slot.model} -> {weights}")
+        for note in plan.notes:
+            output.info(f"  {note}")
+        output.info(f"  strategy: {plan.strategy}")
+        switch_model(
+            x,
+            declared,
+            plan,
+            now=ctx.env.now(),
+            converge=run_install,
+            timeout=timeout or ctx.config.vllm.start_timeout_seconds,
+            progress=output.info,
+        )
     output.info(f"Done: {slot.served_name} is served by {weights} ({slot.unit}).")
     return ExitCode.OK
 

@@ -180,6 +180,17 @@ def remove_stale_temp(directory: Path) -> list[str]:
 
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on path, for the whole `with`; another process holding it is an
+    error at once. Re-entrant within this process: a command that holds the lock for its
+    whole run (`model switch`) can run the converge, which takes it too."""
+    key = path.absolute()
+    if _HELD.get(key):
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -190,9 +201,17 @@ def file_lock(path: Path) -> Iterator[None]:
                 f"another liminati run holds {path}",
                 hint="wait for it to finish; the lock is released when that process exits",
             ) from None
-        yield
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD[key]
     finally:
         os.close(fd)
+
+
+#: locks this process holds: path -> depth
+_HELD: dict[Path, int] = {}
 
 
 @contextlib.contextmanager
