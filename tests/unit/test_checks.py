@@ -385,6 +385,17 @@ def test_users_judgement() -> None:
         check = users.judge_users([fine, facts])
         assert check.status is status and text in check.detail, check
         assert check.hint
+    # only podman's transient healthcheck runs failed (left by a container that is gone): the
+    # services check judges health, the manager itself is fine
+    runs = ("a" * 64 + "-5c1d2e3f4a5b6c7d.service", "b" * 64 + "-1f2e.timer")
+    leftovers = users.UserFacts("webui-user", True, True, 998, "active", "degraded", runs)
+    assert users.judge_users([fine, leftovers]).status is Status.OK
+    mixed = users.UserFacts(
+        "webui-user", True, True, 998, "active", "degraded", (*runs, "open-webui.service")
+    )
+    check = users.judge_users([mixed])
+    assert check.status is Status.WARN
+    assert check.detail == "webui-user's manager is degraded: open-webui.service failed", check
     both = users.judge_users([users.UserFacts("a-user", False), users.UserFacts("b-user", False)])
     assert both.detail == "a-user does not exist; b-user does not exist", both
     assert both.hint == "`sudo liminati install` creates it"  # the same hint once

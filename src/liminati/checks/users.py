@@ -3,6 +3,7 @@ boot, and `systemctl --user -M` cannot reach them."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from liminati.checks.model import Check, Status, worst
@@ -10,6 +11,10 @@ from liminati.config import Config
 from liminati.executor import Executor
 
 NAME = "users"
+#: podman's transient healthcheck runs, `<container id>-<random hex>.service|timer`: one that
+#: failed stays listed after its container is gone (a failed upgrade's image, a restart);
+#: a container's health itself is the `services` check's
+HEALTHCHECK_RUN = re.compile(r"^[0-9a-f]{64}-[0-9a-f]+\.(service|timer)$")
 
 
 @dataclass(frozen=True)
@@ -43,15 +48,16 @@ def judge_user(u: UserFacts) -> tuple[Status, str, str]:
             f"{u.name}'s user manager {unit} is {u.manager or 'unknown'}",
             f"`sudo systemctl start {unit}`; `journalctl -u {unit}` says why it stopped",
         )
-    if u.system == "degraded":
-        units = ", ".join(u.failed) or "a unit"
-        first = u.failed[0] if u.failed else "--failed"
+    failed = [name for name in u.failed if not HEALTHCHECK_RUN.match(name)]
+    if u.system == "degraded" and (failed or not u.failed):
+        units = ", ".join(failed) or "a unit"
+        first = failed[0] if failed else "--failed"
         return (
             Status.WARN,
             f"{u.name}'s manager is degraded: {units} failed",
             f"`sudo systemctl --user -M {u.name}@ status {first}` says why",
         )
-    if u.system not in ("running", ""):
+    if u.system not in ("running", "degraded", ""):
         return Status.WARN, f"{u.name}'s manager is {u.system}", "run doctor again in a minute"
     return Status.OK, "", ""
 
