@@ -96,9 +96,10 @@ def observe_webui(
     executor: Executor, config: Config, desired: Desired, active: dict[str, bool | None]
 ) -> WebuiSeen | None:
     """Open WebUI's OpenAI connections, asked through its admin API (a sign-in as the admin
-    liminati created); None for a staged host."""
+    liminati created); None for a staged host, or when not root (the admin's password is
+    root's: a `plan` by another user must not try one it made up)."""
     want = desired.webui
-    if executor.staged or want is None:
+    if executor.staged or want is None or not executor.is_root():
         return None
     if executor.stat(Layout(config).webui_data / "webui.db") is None:
         return WebuiSeen(has_database=False)

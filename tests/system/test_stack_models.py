@@ -224,7 +224,8 @@ def test_two_models_behind_one_base_url(ready: Stack, key: str) -> None:
         )
         assert code == 404 and "tiny-second" in body, body
         # Open WebUI was given the second connection, and offers both models
-        assert "Open WebUI connections: add http://127.0.0.1:8001/v1" in proc.stdout, output(proc)
+        said = proc.stdout + proc.stderr
+        assert "Open WebUI connections: add http://127.0.0.1:8001/v1" in said, output(proc)
         token, both = admin(ready), sorted([SERVED, "tiny-second"])
         deadline = time.monotonic() + 60
         while webui_models(ready, token) != both and time.monotonic() < deadline:
