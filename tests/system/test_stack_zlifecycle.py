@@ -242,7 +242,6 @@ def test_port_53_taken_is_named_by_preflight_and_nothing_changes(ready: Stack) -
 # ---- 2. a full file system ---------------------------------------------------------------------
 
 CONF_D = "/var/lib/nginx-proxy/conf.d"
-CHANGED_CONF = "/root/liminati-bigger-uploads.toml"
 
 
 @contextlib.contextmanager
@@ -269,27 +268,30 @@ def _full_conf_d(system: BootedSystem) -> Iterator[None]:
 
 
 @pytest.fixture
-def bigger_uploads(ready: Stack) -> Iterator[str]:
-    """The stack's config plus a change that rewrites a file in conf.d (and reloads nginx)."""
+def bigger_uploads(ready: Stack) -> Iterator[tuple[str, str]]:
+    """The stack's config, and it plus a change that rewrites a file in conf.d (and reloads
+    nginx): the test writes them in turn to the stack's own config file (the renewal unit
+    runs with the install's `--config`, so another path would change that unit too). The
+    stack's config is put back afterwards."""
     system = ready.system
     text = system.run(["cat", CONF]).stdout
     assert "webui" not in tomllib.loads(text), "the stack's config already sets [webui]"
-    changed = text + '\n[webui]\nclient_max_body_size = "250m"\n'
-    system.write_file(CHANGED_CONF, changed, mode=0o600)
-    yield CHANGED_CONF
-    system.run(["rm", "-f", CHANGED_CONF])
+    yield text, text + '\n[webui]\nclient_max_body_size = "250m"\n'
+    system.write_file(CONF, text, mode=0o600)
 
 
 def test_full_file_system_fails_cleanly_and_the_stack_keeps_running(
-    ready: Stack, bigger_uploads: str
+    ready: Stack, bigger_uploads: tuple[str, str]
 ) -> None:
     system = ready.system
+    original, changed = bigger_uploads
     target = f"{CONF_D}/20-webui.conf"
     pids = _main_pids(system)
+    system.write_file(CONF, changed, mode=0o600)
     with _full_conf_d(system):
         before = _snapshot(system)
         listing = system.run(["ls", "-A", CONF_D]).stdout.split()
-        proc = _liminati(system, "install", config=bigger_uploads)
+        proc = _liminati(system, "install")
         after = _snapshot(system)
         # no temp file left, the old file (and everything else) as it was
         assert system.run(["ls", "-A", CONF_D]).stdout.split() == listing
@@ -307,11 +309,12 @@ def test_full_file_system_fails_cleanly_and_the_stack_keeps_running(
     _wait_all_ready(ready, timeout=60)
     assert status_and_body(https(ready, "webui", "/health"))[0] == 200
     # with room again the same change goes through; then back to the stack's own config
-    for config in (bigger_uploads, CONF):
-        proc = _liminati(system, "install", config=config)
+    for text in (changed, original):
+        system.write_file(CONF, text, mode=0o600)
+        proc = _liminati(system, "install")
         assert proc.returncode == 0, output(proc)
         assert "reloaded nginx-proxy.service" in proc.stderr, output(proc)
-        plan = _liminati(system, "plan", "--detailed-exitcode", "--no-diff", config=config)
+        plan = _liminati(system, "plan", "--detailed-exitcode", "--no-diff")
         assert plan.returncode == 0, output(plan)
     assert "client_max_body_size 100m" in system.run(["cat", target]).stdout
 
