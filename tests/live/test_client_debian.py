@@ -24,11 +24,9 @@ import os
 import random
 import re
 import shlex
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -37,7 +35,7 @@ from pathlib import Path
 import pytest
 from livetools import DOMAIN, record_timing
 from netns import SERVER_IP, Namespaces
-from test_gateway import Gateway
+from test_gateway import Gateway, gateway_up
 
 from clitools import Clock
 
@@ -156,18 +154,10 @@ def exports_of(output: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def gateway(namespaces: Namespaces) -> Iterator[Gateway]:
-    work = Path(tempfile.mkdtemp(prefix="liminati-client-gw-"))
-    work.chmod(0o755)
-    t0 = time.monotonic()
     # the real time: the client's clock is the host's, and its curl checks the leaf's dates
-    gw = Gateway(namespaces, work, clock=Clock(datetime.now(UTC).replace(microsecond=0)))
-    try:
-        gw.start()
-        record_timing("client: gateway up", time.monotonic() - t0)
+    clock = Clock(datetime.now(UTC).replace(microsecond=0))
+    with gateway_up(namespaces, "client: gateway up", "liminati-client-gw-", clock=clock) as gw:
         yield gw
-    finally:
-        gw.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -10,35 +10,23 @@ import datetime as dt
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from livetools import record_timing
 from netns import SERVER_IP, Namespaces
-from test_gateway import Gateway
+from test_gateway import Gateway, gateway_up
 
 HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
 def gateway(namespaces: Namespaces) -> Iterator[Gateway]:
-    work = Path(tempfile.mkdtemp(prefix="liminati-doctor-"))
-    work.chmod(0o755)
-    t0 = time.monotonic()
-    gw = Gateway(namespaces, work)
-    try:
-        gw.start()
-        record_timing("doctor gateway up", time.monotonic() - t0)
+    with gateway_up(namespaces, "doctor gateway up", "liminati-doctor-") as gw:
         yield gw
-    finally:
-        gw.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def probe(gw: Gateway, now: dt.datetime) -> dict[str, dict[str, Any]]:

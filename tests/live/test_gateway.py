@@ -9,6 +9,7 @@ test_backends.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -193,19 +194,29 @@ class Gateway:
             self.ns.stop(proc)
 
 
-@pytest.fixture(scope="module")
-def gw(namespaces: Namespaces) -> Iterator[Gateway]:
-    work = Path(tempfile.mkdtemp(prefix="liminati-gw-"))
+@contextlib.contextmanager
+def gateway_up(
+    namespaces: Namespaces, label: str, prefix: str = "liminati-gw-", **kw: Any
+) -> Iterator[Gateway]:
+    """A Gateway(namespaces, work, **kw) in a fresh work folder, started, its start-up time
+    recorded as `label`; stopped and its folder removed on exit (the live modules' fixture)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     work.chmod(0o755)
     t0 = time.monotonic()
-    gateway = Gateway(namespaces, work)
+    gateway = Gateway(namespaces, work, **kw)
     try:
         gateway.start()
-        record_timing("gateway up (nginx, dnsmasq, admin)", time.monotonic() - t0)
+        record_timing(label, time.monotonic() - t0)
         yield gateway
     finally:
         gateway.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def gw(namespaces: Namespaces) -> Iterator[Gateway]:
+    with gateway_up(namespaces, "gateway up (nginx, dnsmasq, admin)") as gateway:
+        yield gateway
 
 
 def api_url(gw: Gateway, path: str) -> str:

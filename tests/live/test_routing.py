@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from livetools import DOMAIN, record_timing
+from livetools import DOMAIN
 from netns import Namespaces
-from test_gateway import Gateway
+from test_gateway import Gateway, gateway_up
 
 HERE = Path(__file__).resolve().parent
 VLLM = f"vllm.{DOMAIN}"
@@ -90,20 +87,14 @@ class Routed:
 
 @pytest.fixture(scope="module")
 def routed(namespaces: Namespaces) -> Iterator[Routed]:
-    work = Path(tempfile.mkdtemp(prefix="liminati-routing-"))
-    work.chmod(0o755)
-    t0 = time.monotonic()
-    gw = Gateway(namespaces, work, config=CONFIG, stubs=False)
-    r = Routed(gw)
-    try:
-        gw.start()
+    up = gateway_up(
+        namespaces, "routing gateway up", "liminati-routing-", config=CONFIG, stubs=False
+    )
+    with up as gw:
+        r = Routed(gw)
         r.stub(8000, "qwen")
         r.stub(8001, "org/small-1b")
-        record_timing("routing gateway up", time.monotonic() - t0)
         yield r
-    finally:
-        gw.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def chat(model: str | None) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nspawn import BootedSystem
@@ -276,6 +277,27 @@ def admin(stack: Stack) -> str:
     """A token of the admin liminati created in Open WebUI."""
     password = stack.system.run(["cat", f"{SECRETS}/webui-admin-password"]).stdout.strip()
     return sign_in(stack, f"admin@{DOMAIN}", password)
+
+
+def stream_chat(stack: Stack, key: str, content: str, max_tokens: int) -> list[dict[str, Any]]:
+    """A streamed chat completion to the served model through nginx from the peer: its chunks
+    (the events before `[DONE]`, which must end the stream)."""
+    request = {
+        "model": SERVED,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "stream": True,
+    }
+    proc = https(stack, "vllm", "/v1/chat/completions", key=key, data=json.dumps(request))
+    code, body = status_and_body(proc)
+    assert code == 200, body
+    events = [line[5:].strip() for line in body.splitlines() if line.startswith("data:")]
+    assert events and events[-1] == "[DONE]", body
+    return [json.loads(e) for e in events[:-1]]
+
+
+def chunks_text(chunks: list[dict[str, Any]]) -> str:
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
 
 
 def webui_models(stack: Stack, token: str) -> list[str]:

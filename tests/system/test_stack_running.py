@@ -21,12 +21,15 @@ from stack import (
     TAG,
     Stack,
     active,
+    admin,
+    chunks_text,
     client,
     diagnose,
     health,
     https,
     output,
     status_and_body,
+    stream_chat,
 )
 
 pytestmark = pytest.mark.system
@@ -170,36 +173,16 @@ def test_gateway_lists_models_with_a_personal_key(ready: Stack, personal_key: st
 
 
 def test_gateway_streams_a_chat_completion(ready: Stack, personal_key: str) -> None:
-    request = {
-        "model": SERVED,
-        "messages": [{"role": "user", "content": "Say hello in one word."}],
-        "max_tokens": 12,
-        "stream": True,
-    }
-    proc = https(ready, "vllm", "/v1/chat/completions", key=personal_key,
-                  data=json.dumps(request))  # fmt: skip
-    code, body = status_and_body(proc)
-    assert code == 200, body
-    events = [
-        line[len("data:") :].strip() for line in body.splitlines() if line.startswith("data:")
-    ]
-    assert events and events[-1] == "[DONE]", body
-    chunks = [json.loads(e) for e in events[:-1]]
-    assert len(chunks) >= 2, body
+    chunks = stream_chat(ready, personal_key, "Say hello in one word.", 12)
+    assert len(chunks) >= 2, chunks
     assert all(c["object"] == "chat.completion.chunk" and c["model"] == SERVED for c in chunks)
-    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
-    assert text, body
+    assert chunks_text(chunks), chunks
 
 
 def test_webui_signs_in_its_admin_and_sees_vllm_through_the_gateway(ready: Stack) -> None:
-    system = ready.system
     code, body = status_and_body(https(ready, "webui", "/health"))
     assert code == 200 and json.loads(body)["status"] is True, body
-    password = system.run(["cat", f"{SECRETS}/webui-admin-password"]).stdout.strip()
-    signin = json.dumps({"email": f"admin@{DOMAIN}", "password": password})
-    code, body = status_and_body(https(ready, "webui", "/api/v1/auths/signin", data=signin))
-    assert code == 200, body
-    token = json.loads(body)["token"]
+    token = admin(ready)
     # Open WebUI asks vLLM (127.0.0.1:8000 through pasta's loopback forwarding) for its models
     code, body = status_and_body(https(ready, "webui", "/api/models", key=token))
     assert code == 200, body

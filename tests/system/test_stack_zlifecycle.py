@@ -42,6 +42,7 @@ from stack import (
     SERVICES,
     Stack,
     active,
+    chunks_text,
     client,
     diagnose,
     health,
@@ -49,6 +50,7 @@ from stack import (
     load_images,
     output,
     status_and_body,
+    stream_chat,
     user_systemctl,
 )
 
@@ -99,19 +101,9 @@ def _wait_all_ready(stack: Stack, timeout: float = READY_TIMEOUT) -> float:
 
 def _stream_chat(stack: Stack, key: str) -> str:
     """A streamed chat completion through nginx from the peer; return the text."""
-    request = {
-        "model": SERVED,
-        "messages": [{"role": "user", "content": "Say hi."}],
-        "max_tokens": 8,
-        "stream": True,
-    }
-    proc = https(stack, "vllm", "/v1/chat/completions", key=key, data=json.dumps(request))
-    code, body = status_and_body(proc)
-    assert code == 200, body
-    events = [line[5:].strip() for line in body.splitlines() if line.startswith("data:")]
-    assert events and events[-1] == "[DONE]" and len(events) >= 3, body
-    chunks = [json.loads(e) for e in events[:-1]]
-    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    chunks = stream_chat(stack, key, "Say hi.", 8)
+    assert len(chunks) >= 2, chunks
+    return chunks_text(chunks)
 
 
 def _dns_answers(stack: Stack) -> None:
